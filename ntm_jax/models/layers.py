@@ -1,0 +1,161 @@
+"""Transformer layers shared by the transporter and the predictor.
+
+Attention takes an explicit boolean mask (True = may attend) so the same layer serves the transporter's
+causal scan and the predictor's block-causal trajectory. Autoregressive decoding goes through
+`decode`, which writes into a preallocated key/value cache with static shapes (`KVCache`), so it runs
+under `jax.lax` loops.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def compute_dtype_at_least_f32(dtype) -> jnp.dtype:
+  """The dtype for numerically sensitive sums (softmax, log-dets): never below float32."""
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+  """Keys and values of one attention layer, [B, L, heads, head_dim], filled left to right."""
+
+  keys: jax.Array
+  values: jax.Array
+
+  @classmethod
+  def zeros(cls, batch: int, length: int, num_heads: int, head_dim: int, dtype) -> KVCache:
+    shape = (batch, length, num_heads, head_dim)
+    return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def causal_mask(length: int) -> jax.Array:
+  """Self-inclusive lower-triangular mask: position i attends to positions <= i."""
+  return jnp.tril(jnp.ones((length, length), dtype=bool))
+
+
+def block_causal_mask(num_blocks: int, block_size: int, *, within_block_only: bool = False) -> jax.Array:
+  """Mask over `num_blocks` blocks of `block_size` tokens; block b attends to blocks <= b (or only b).
+
+  Full attention inside a block. With the predictor's noise-to-data order, "blocks <= b" are the
+  level itself and every noisier level.
+  """
+  block_of = jnp.arange(num_blocks * block_size) // block_size
+  if within_block_only:
+    return block_of[:, None] == block_of[None, :]
+  return block_of[:, None] >= block_of[None, :]
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with an explicit mask and an optional KV-cached decode path."""
+
+  def __init__(self, width: int, head_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    if width % head_dim:
+      raise ValueError(f"width {width} is not a multiple of head_dim {head_dim}")
+    self.num_heads = width // head_dim
+    self.head_dim = head_dim
+    self.dtype = dtype
+    dense = lambda i, o: nnx.Linear(i, o, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.query_key_value = dense(width, 3 * width)
+    self.output = dense(width, width)
+
+  def _split_heads(self, x_BxLxD):
+    q, k, v = jnp.split(self.query_key_value(x_BxLxD), 3, axis=-1)
+    shape = x_BxLxD.shape[:2] + (self.num_heads, self.head_dim)
+    return q.reshape(shape), k.reshape(shape), v.reshape(shape)
+
+  def _attend(self, q_BxQxHxK, k_BxLxHxK, v_BxLxHxK, mask_QxL):
+    softmax_dtype = compute_dtype_at_least_f32(self.dtype)
+    logits = jnp.einsum("bqhk,blhk->bhql", q_BxQxHxK, k_BxLxHxK).astype(softmax_dtype)
+    logits = logits / math.sqrt(self.head_dim)
+    # A finite "minus infinity": exp underflows to exactly 0, so masked keys get exactly zero weight
+    # and exactly zero gradient, which the causality tests rely on.
+    logits = jnp.where(mask_QxL, logits, jnp.finfo(softmax_dtype).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v_BxLxHxK.dtype)
+    out = jnp.einsum("bhql,blhk->bqhk", weights, v_BxLxHxK)
+    return self.output(out.reshape(out.shape[:2] + (-1,)))
+
+  def __call__(self, x_BxLxD: jax.Array, mask_LxL: jax.Array) -> jax.Array:
+    q, k, v = self._split_heads(x_BxLxD)
+    return self._attend(q, k, v, mask_LxL)
+
+  def decode(self, x_BxSxD: jax.Array, cache: KVCache, start, mask_SxL: jax.Array):
+    """Appends S new tokens at position `start` of the cache and attends over the cache.
+
+    `mask_SxL` says which cache positions each new token may see; positions not yet written must be
+    masked out by the caller.
+    """
+    q, k, v = self._split_heads(x_BxSxD)
+    keys = jax.lax.dynamic_update_slice_in_dim(cache.keys, k.astype(cache.keys.dtype), start, axis=1)
+    values = jax.lax.dynamic_update_slice_in_dim(cache.values, v.astype(cache.values.dtype), start, axis=1)
+    return self._attend(q, keys, values, mask_SxL), KVCache(keys, values)
+
+
+class MLP(nnx.Module):
+  """Two-layer GELU feed-forward block."""
+
+  def __init__(self, width: int, hidden: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.up = nnx.Linear(width, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.down = nnx.Linear(hidden, width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.down(jax.nn.gelu(self.up(x)))
+
+
+class TransformerLayer(nnx.Module):
+  """Pre-LayerNorm Transformer layer: x + attn(LN(x)), then x + mlp(LN(x))."""
+
+  def __init__(self, width: int, head_dim: int, mlp_ratio: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    norm = lambda: nnx.LayerNorm(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.attention_norm = norm()
+    self.attention = Attention(width, head_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.mlp_norm = norm()
+    self.mlp = MLP(width, mlp_ratio * width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x_BxLxD: jax.Array, mask_LxL: jax.Array) -> jax.Array:
+    x_BxLxD = x_BxLxD + self.attention(self.attention_norm(x_BxLxD), mask_LxL)
+    return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
+
+  def decode(self, x_BxSxD: jax.Array, cache: KVCache, start, mask_SxL: jax.Array):
+    attended, cache = self.attention.decode(self.attention_norm(x_BxSxD), cache, start, mask_SxL)
+    x_BxSxD = x_BxSxD + attended
+    return x_BxSxD + self.mlp(self.mlp_norm(x_BxSxD)), cache
+
+
+def fourier_features(t_B: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+  """Sinusoidal features of a time t in [0, 1] (scaled by 1000, as in DiT), [B, dim]."""
+  half = dim // 2
+  frequencies = jnp.exp(-math.log(max_period) * jnp.arange(half) / half)
+  angles = 1000.0 * t_B[:, None].astype(frequencies.dtype) * frequencies[None, :]
+  return jnp.concatenate([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+
+
+class TimeEmbedding(nnx.Module):
+  """Embeds one or more times (each in [0, 1]) with Fourier features and a two-layer MLP."""
+
+  def __init__(self, num_times: int, width: int, *, dtype, param_dtype, rngs: nnx.Rngs,
+               frequency_dim: int = 128):
+    self.frequency_dim = frequency_dim
+    self.hidden = nnx.Linear(num_times * frequency_dim, width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.output = nnx.Linear(width, width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.param_dtype = param_dtype
+
+  def __call__(self, *times_B: jax.Array) -> jax.Array:
+    features = jnp.concatenate([fourier_features(t, self.frequency_dim) for t in times_B], axis=-1)
+    return self.output(jax.nn.silu(self.hidden(features.astype(self.param_dtype))))
+
+
+class PositionEmbedding(nnx.Module):
+  """Learned embedding of the spatial token position, [N, width], initialised at 0.01 N(0, 1)."""
+
+  def __init__(self, num_tokens: int, width: int, *, param_dtype, rngs: nnx.Rngs):
+    self.table = nnx.Param(0.01 * jax.random.normal(rngs.params(), (num_tokens, width), param_dtype))
+
+  def __call__(self) -> jax.Array:
+    return self.table[...]

@@ -1,0 +1,98 @@
+"""The Normalizing Trajectory Model: transporter f_T + trajectory predictor f_P (NTM.md C.4-C.9, D1-D6).
+
+Training sees one pass of f_T over all T + 1 levels ([B (T + 1), N, c]) and one pass of f_P over the
+T conditioning levels ([B, T N] tokens), and returns the exact trajectory NLL with its parts.
+The `gaussian` baseline of D8 is this model with `transporter.num_blocks = 0` (f_T = identity).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ntm_jax import trajectory
+from ntm_jax.models import likelihood
+from ntm_jax.models.config import ModelConfig
+from ntm_jax.models.predictor import TrajectoryPredictor
+from ntm_jax.models.tarflow import Transporter
+
+
+class NTM(nnx.Module):
+  """Exact trajectory likelihood and level-by-level sampling, on token trajectories [B, T + 1, N, c]."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    if cfg.kind != "ntm":
+      raise ValueError(f"NTM needs model.kind == 'ntm', got {cfg.kind!r}")
+    self.cfg = cfg
+    image = cfg.image
+    kwargs = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+    self.transporter = Transporter(cfg.transporter, image.num_tokens, image.token_dim, **kwargs)
+    self.predictor = TrajectoryPredictor(cfg.predictor, image.num_tokens, image.token_dim, **kwargs)
+
+  @property
+  def num_classes(self) -> int:
+    return self.cfg.predictor.num_classes
+
+  def time_grid(self, num_steps: int | None = None, dtype=jnp.float32) -> jax.Array:
+    """t_0 = 0 < ... < t_T = 1 for T = `num_steps` (default: the config's)."""
+    return trajectory.time_grid(num_steps or self.cfg.grid.num_steps, self.cfg.grid.shift, dtype)
+
+  def transport(self, x_BxKxNxc: jax.Array, times_K: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """f_T on every level in one batched call: (u [B, K, N, c], log|det| [B, K])."""
+    batch, num_levels = x_BxKxNxc.shape[:2]
+    t_rows = jnp.broadcast_to(times_K.astype(x_BxKxNxc.dtype), (batch, num_levels)).reshape(-1)
+    u, logdet = self.transporter.forward(x_BxKxNxc.reshape((-1,) + x_BxKxNxc.shape[2:]), t_rows)
+    return u.reshape(x_BxKxNxc.shape[:2] + u.shape[1:]), logdet.reshape(batch, num_levels)
+
+  def trajectory_log_prob(self, x_BxKxNxc: jax.Array, times_K: jax.Array, labels_B=None):
+    """-log p(X | y) and its parts for token trajectories X [B, T + 1, N, c] on the grid `times_K`.
+
+    Level 0 is the data end, level T the noise end (t_T = 1); see `likelihood.trajectory_nll_parts`.
+    """
+    num_levels = x_BxKxNxc.shape[1] - 1
+    if num_levels < 1 or times_K.shape[-1] != num_levels + 1:
+      raise ValueError(
+          f"a trajectory of {x_BxKxNxc.shape[1]} levels needs T >= 1 and a grid of T + 1 = "
+          f"{num_levels + 1} times, got times of shape {times_K.shape}")
+    u, logdet = self.transport(x_BxKxNxc, times_K)
+    mu, sigma = self.predictor(u[:, 1:], times_K, labels_B)
+    return likelihood.trajectory_nll_parts(x_BxKxNxc[:, -1], u[:, :-1], mu, sigma, logdet[:, :-1])
+
+  def trajectory_nll(self, key: jax.Array, x0_BxNxc: jax.Array, labels_B=None, num_steps: int | None = None):
+    """Draws X ~ q(X | x_0) on the grid and returns the parts of -log p(X | y) (per example)."""
+    times = self.time_grid(num_steps, x0_BxNxc.dtype)
+    return self.trajectory_log_prob(trajectory.sample_trajectory(key, x0_BxNxc, times), times, labels_B)
+
+  def sample_trajectory(self, key: jax.Array, batch_size: int, labels_B=None, *, num_steps: int | None = None,
+                        temperature: float = 1.0, decode_all_levels: bool = False,
+                        dtype=jnp.float32) -> dict[str, jax.Array]:
+    """D6 without caches: x_1 ~ N(0, I), T predictor steps in u-space, then one inversion of f_T.
+
+    The predictor is re-run on the whole (partially filled) trajectory at each step; the block-causal
+    mask makes the not-yet-decoded (zero) levels invisible to the level being read.
+
+    Returns a dict with `x0` [B, N, c], `u` [B, T + 1, N, c], `z` [B, T, N, c] (the standard normal
+    draws, level order), and, if `decode_all_levels`, `x` [B, T + 1, N, c] (every level inverted).
+    """
+    image = self.cfg.image
+    times = self.time_grid(num_steps, dtype)
+    num_levels = times.shape[0] - 1
+    noise_key, step_key = jax.random.split(key)
+    token_shape = (batch_size, image.num_tokens, image.token_dim)
+    x_noise = jax.random.normal(noise_key, token_shape, dtype)
+    u_noise, _ = self.transporter.forward(x_noise, jnp.ones((batch_size,), dtype))
+
+    z = jax.random.normal(step_key, (batch_size, num_levels) + token_shape[1:], dtype)
+    u = jnp.zeros((batch_size, num_levels + 1) + token_shape[1:], u_noise.dtype).at[:, num_levels].set(u_noise)
+    for k in range(num_levels, 0, -1):
+      mu, sigma = self.predictor(u[:, 1:], times, labels_B)
+      u = u.at[:, k - 1].set(mu[:, k - 1] + temperature * sigma[:, k - 1] * z[:, k - 1])
+
+    x0 = self.transporter.inverse(u[:, 0], jnp.zeros((batch_size,), dtype))
+    out = {"x0": x0, "u": u, "z": z}
+    if decode_all_levels:
+      t_rows = jnp.broadcast_to(times, (batch_size, num_levels + 1)).reshape(-1)
+      x_all = self.transporter.inverse(u.reshape((-1,) + token_shape[1:]), t_rows)
+      out["x"] = x_all.reshape(u.shape).at[:, num_levels].set(x_noise)
+    return out

@@ -1,0 +1,93 @@
+"""The trajectory predictor f_P: a block-causal Transformer over all conditioning levels (NTM.md C.4-C.6, D4).
+
+Input: the transported levels u_1..u_T. They are laid out noise to data, [u_T, u_{T-1}, ..., u_1], as T N
+tokens; each token = proj(u) + spatial position + emb(t_k, t_{k-1}) [+ class embedding]. A token of level k
+attends to every token of levels j >= k (itself and noisier) and to none cleaner, so the Gaussian it
+predicts for level k - 1 never depends on level k - 1 or anything cleaner: the exactness condition of C.6.
+
+Head (D4), for the transition t = t_k -> s = t_{k-1} read at level k:
+  mu = c_x(t, s) u_k + c_0(t, s) h,   sigma = sqrt(sigma_post(t, s)^2 + floor^2) exp(4 tanh(delta / 4)).
+With f_T = identity and h = x0_hat this is exactly the Gaussian posterior of a flow-matching model.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ntm_jax import trajectory
+from ntm_jax.models import layers
+from ntm_jax.models.config import PredictorConfig
+
+
+def posterior_head(u_t, h, delta, t, s, sigma_floor: float) -> tuple[jax.Array, jax.Array]:
+  """(mu, sigma) of p(u_s | u_t) in posterior form; t and s broadcast against u_t."""
+  c_x, c_0, sigma_post = trajectory.posterior_coefficients(t, s)
+  mu = c_x * u_t + c_0 * h
+  sigma_bar = jnp.sqrt(jnp.square(sigma_post) + sigma_floor * sigma_floor)
+  return mu, sigma_bar * jnp.exp(4.0 * jnp.tanh(delta / 4.0))
+
+
+class TrajectoryPredictor(nnx.Module):
+  """f_P: (u_1..u_T, times, labels) -> (mu, sigma) for levels 0..T-1."""
+
+  def __init__(self, cfg: PredictorConfig, num_tokens: int, token_dim: int, *, dtype, param_dtype,
+               rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.num_tokens = num_tokens
+    self.input_projection = nnx.Linear(token_dim, cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.position = layers.PositionEmbedding(num_tokens, cfg.width, param_dtype=param_dtype, rngs=rngs)
+    self.level_embedding = layers.TimeEmbedding(2, cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.class_embedding = (
+        nnx.Embed(cfg.num_classes + 1, cfg.width, param_dtype=param_dtype, rngs=rngs,
+                  embedding_init=nnx.initializers.normal(0.01))
+        if cfg.num_classes else None)
+    self.layers = nnx.List([
+        layers.TransformerLayer(cfg.width, cfg.head_dim, cfg.mlp_ratio, dtype=dtype,
+                                param_dtype=param_dtype, rngs=rngs)
+        for _ in range(cfg.depth)])
+    self.final_norm = nnx.LayerNorm(cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    # Zero init: at step 0, h = 0 and delta = 0 (sigma = the posterior scale); also what D9 needs.
+    self.head = nnx.Linear(
+        cfg.width, 2 * token_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+        kernel_init=nnx.initializers.zeros_init(), bias_init=nnx.initializers.zeros_init())
+
+  def attention_mask(self, num_levels: int) -> jax.Array:
+    """Block-causal over levels in noise-to-data order (or within-level only for `markov`)."""
+    return layers.block_causal_mask(num_levels, self.num_tokens, within_block_only=self.cfg.markov)
+
+  def __call__(self, u_BxTxNxc: jax.Array, times: jax.Array, labels_B=None) -> tuple[jax.Array, jax.Array]:
+    """Gaussian parameters for every transition at once.
+
+    Args:
+      u_BxTxNxc: transported conditioning levels u_1..u_T in level order (index k - 1 holds u_k).
+      times: the grid t_0..t_T, shape [T + 1] or per example [B, T + 1].
+      labels_B: int class labels, -1 for the null class; required iff the predictor is conditional.
+
+    Returns:
+      (mu, sigma), each [B, T, N, c] in level order: index k - 1 is the Gaussian over u_{k-1}.
+    """
+    batch, num_levels = u_BxTxNxc.shape[:2]
+    times_BxK = jnp.broadcast_to(times, (batch, num_levels + 1))
+    t_BxT, s_BxT = times_BxK[:, 1:], times_BxK[:, :-1]
+
+    level_emb = self.level_embedding(t_BxT.reshape(-1), s_BxT.reshape(-1)).reshape(batch, num_levels, 1, -1)
+    h = self.input_projection(u_BxTxNxc) + self.position()[None, None] + level_emb
+    if self.class_embedding is not None:
+      if labels_B is None:
+        raise ValueError("the predictor is class-conditional: pass labels (-1 for the null class)")
+      labels_B = jnp.where(labels_B < 0, self.cfg.num_classes, labels_B)
+      h = h + self.class_embedding(labels_B)[:, None, None, :]
+
+    # Noise-to-data order, flattened to one sequence of T N tokens.
+    h = jnp.flip(h, axis=1).reshape(batch, num_levels * self.num_tokens, -1)
+    mask = self.attention_mask(num_levels)
+    for layer in self.layers:
+      h = layer(h, mask)
+    out = self.head(self.final_norm(h)).reshape(batch, num_levels, self.num_tokens, -1)
+    out = jnp.flip(out, axis=1).astype(layers.compute_dtype_at_least_f32(out.dtype))
+    h_pred, delta = jnp.split(out, 2, axis=-1)
+    return posterior_head(
+        u_BxTxNxc.astype(out.dtype), h_pred, delta, t_BxT[:, :, None, None], s_BxT[:, :, None, None],
+        self.cfg.sigma_floor)

@@ -1,0 +1,18 @@
+"""Test setup: 8 simulated CPU devices (set before jax is imported) and a float64 fixture."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402  (must come after XLA_FLAGS)
+import pytest  # noqa: E402
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture
+def x64():
+  """Runs the test with 64-bit floats: the exactness tests compare to 1e-10 and need them."""
+  with jax.enable_x64(True):
+    yield
