@@ -70,7 +70,10 @@ def forward_entropy(times: jax.Array, num_dims: int) -> jax.Array:
 
 
 def markov_covariance(times: jax.Array) -> jax.Array:
-  """S_jk = Cov(x_{t_j}, x_{t_k} | x_0) = t_<^2 (1 - t_>) / (1 - t_<), for levels with t < 1 (C.11)."""
+  """S_jk = Cov(x_{t_j}, x_{t_k} | x_0) = t_<^2 (1 - t_>) / (1 - t_<) for grid levels (C.11); S = t^2 on the diagonal."""
   t_lo = jnp.minimum(times[:, None], times[None, :])
   t_hi = jnp.maximum(times[:, None], times[None, :])
-  return t_lo * t_lo * (1.0 - t_hi) / (1.0 - t_lo)
+  # (1 - t_hi) / (1 - t_lo) is 1 on the diagonal, including t = 1 where it would read 0 / 0.
+  same = t_hi == t_lo
+  decay = jnp.where(same, 1.0, (1.0 - t_hi) / jnp.where(same, 1.0, 1.0 - t_lo))
+  return t_lo * t_lo * decay

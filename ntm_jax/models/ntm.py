@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ntm_jax import trajectory
-from ntm_jax.models import likelihood
+from ntm_jax.models import likelihood, patches
 from ntm_jax.models.config import ModelConfig
 from ntm_jax.models.predictor import TrajectoryPredictor
 from ntm_jax.models.tarflow import Transporter
@@ -63,6 +63,18 @@ class NTM(nnx.Module):
     """Draws X ~ q(X | x_0) on the grid and returns the parts of -log p(X | y) (per example)."""
     times = self.time_grid(num_steps, x0_BxNxc.dtype)
     return self.trajectory_log_prob(trajectory.sample_trajectory(key, x0_BxNxc, times), times, labels_B)
+
+  def loss(self, key: jax.Array, images_BxHxWxC: jax.Array, labels_B=None):
+    """Training loss: the trajectory NLL per dimension, -log p(X | y) / ((T + 1) D), batch mean (D5).
+
+    Returns (loss, parts) with the per-example parts of `trajectory_log_prob`.
+    """
+    image = self.cfg.image
+    patches.check_images(images_BxHxWxC, image)
+    x0 = patches.patchify(images_BxHxWxC, image.patch_size)
+    parts = self.trajectory_nll(key, x0, labels_B)
+    num_levels = self.cfg.grid.num_steps + 1
+    return jnp.mean(parts["nll"]) / (num_levels * image.num_dims), parts
 
   def sample_trajectory(self, key: jax.Array, batch_size: int, labels_B=None, *, num_steps: int | None = None,
                         temperature: float = 1.0, decode_all_levels: bool = False,

@@ -26,7 +26,8 @@ def posterior_head(u_t, h, delta, t, s, sigma_floor: float) -> tuple[jax.Array, 
   c_x, c_0, sigma_post = trajectory.posterior_coefficients(t, s)
   mu = c_x * u_t + c_0 * h
   sigma_bar = jnp.sqrt(jnp.square(sigma_post) + sigma_floor * sigma_floor)
-  return mu, sigma_bar * jnp.exp(4.0 * jnp.tanh(delta / 4.0))
+  sigma = sigma_bar * jnp.exp(4.0 * jnp.tanh(delta / 4.0))
+  return mu, jnp.broadcast_to(sigma, jnp.broadcast_shapes(mu.shape, sigma.shape))
 
 
 class TrajectoryPredictor(nnx.Module):

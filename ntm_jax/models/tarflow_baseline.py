@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax.models import likelihood
+from ntm_jax.models import likelihood, patches
 from ntm_jax.models.config import ModelConfig
 from ntm_jax.models.tarflow import Transporter
 
@@ -39,6 +39,14 @@ class TarFlowBaseline(nnx.Module):
     z, logdet = self.flow.forward(x_BxNxc, t_dummy, labels_B)
     prior = likelihood.standard_normal_nll(z)
     return {"prior": prior, "flow_logdet": logdet, "nll": prior - logdet, "z": z}
+
+  def loss(self, key: jax.Array, images_BxHxWxC: jax.Array, labels_B=None):
+    """Training loss: -log p(x | y) / D, batch mean; `key` is unused (the same signature as NTM.loss)."""
+    del key
+    image = self.cfg.image
+    patches.check_images(images_BxHxWxC, image)
+    parts = self.log_prob(patches.patchify(images_BxHxWxC, image.patch_size), labels_B)
+    return jnp.mean(parts["nll"]) / image.num_dims, parts
 
   def sample(self, key: jax.Array, batch_size: int, labels_B=None, *, temperature: float = 1.0,
              dtype=jnp.float32) -> jax.Array:
