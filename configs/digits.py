@@ -26,7 +26,7 @@ def get_config(arg=None):
   config = ml_collections.ConfigDict()
   config.seed = 0
 
-  config.data = dict(name="digits", data_dir="", batch_size=64, num_levels=17, shuffle_buffer_seed=0)
+  config.data = dict(name="digits", data_dir="", batch_size=64, num_levels=17)
 
   model = dict(
       kind="ntm",
@@ -52,6 +52,7 @@ def get_config(arg=None):
   config.train = dict(num_steps=args["steps"] or 6000, log_every=100, eval_every=1000,
                       checkpoint_every=1000, keep_checkpoints=3, label_dropout=0.1)
   config.eval = dict(split="validation", batch_size=360, importance_samples=1)
+  config.sample = dict(num_samples=64, temperature=1.0)
 
   if args["smoke"]:
     config.model["transporter"].update(layers_per_block=1, width=32, head_dim=16)
@@ -59,4 +60,5 @@ def get_config(arg=None):
     config.data["batch_size"] = 16
     config.train.update(num_steps=args["steps"] or 4, log_every=2, eval_every=4, checkpoint_every=2)
     config.eval["batch_size"] = 64
+    config.sample["num_samples"] = 16
   return config

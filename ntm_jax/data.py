@@ -1,0 +1,134 @@
+"""Input pipeline: TFDS (array_record) data sources read by grain, integer images out.
+
+The pipeline yields integer images ([B, H, W, C], values 0..K-1) and labels; dequantisation to [-1, 1]
+happens on device inside the jitted step (D5), so the pipeline stays deterministic and its iterator
+state, saved in every checkpoint, replays exactly the batches a resumed run would have seen.
+
+Data sets:
+  digits, mnist5k   built locally on first use from data that ship inside packages (ntm_jax.datasets)
+  any other name    a TFDS data set already prepared in `data.data_dir` (array_record), by name
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterator
+
+import grain
+import jax
+import numpy as np
+import tensorflow_datasets as tfds
+
+from ntm_jax.datasets.digits import Digits
+from ntm_jax.datasets.mnist5k import Mnist5k
+from ntm_jax.models.config import ImageConfig
+
+tfds.disable_progress_bar()
+
+# Data sets built from package data on first use: name -> builder class.
+EMBEDDED_BUILDERS = {"digits": Digits, "mnist5k": Mnist5k}
+
+
+def default_data_dir() -> str:
+  return os.environ.get("NTM_JAX_DATA_DIR", os.path.expanduser("~/.cache/ntm_jax/tensorflow_datasets"))
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSource:
+  """One split of a data set: a random-access source of {"image", "label"} examples."""
+
+  source: object
+  num_examples: int
+  image_shape: tuple[int, int, int]
+  has_labels: bool
+
+
+def load_builder(name: str, data_dir: str = "") -> tfds.core.DatasetBuilder:
+  """The TFDS builder of `name`, prepared as array_record (embedded data sets are built if needed)."""
+  data_dir = data_dir or default_data_dir()
+  if name in EMBEDDED_BUILDERS:
+    builder = EMBEDDED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
+    if not builder.is_prepared():
+      builder.download_and_prepare()
+    return builder
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as error:  # tfds raises several types for unknown names
+    raise ValueError(
+        f"unknown data set {name!r}: use one of {sorted(EMBEDDED_BUILDERS)}, or a TFDS data set prepared "
+        f"in {data_dir} (tfds build {name} --file_format=array_record --data_dir={data_dir})") from error
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"data set {name!r} is not prepared in {data_dir}; prepare it with "
+        f"`tfds build {name} --file_format=array_record --data_dir={data_dir}` (nothing is downloaded at run time)")
+  return builder
+
+
+def load_split(name: str, split: str, data_dir: str = "") -> DataSource:
+  builder = load_builder(name, data_dir)
+  if split not in builder.info.splits:
+    raise ValueError(f"data set {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}")
+  features = builder.info.features
+  if "image" not in features:
+    raise ValueError(f"data set {name!r} has no 'image' feature (features: {sorted(features)})")
+  return DataSource(
+      source=builder.as_data_source(split=split),
+      num_examples=builder.info.splits[split].num_examples,
+      image_shape=tuple(features["image"].shape),
+      has_labels="label" in features)
+
+
+def check_matches_config(data: DataSource, image: ImageConfig, name: str) -> None:
+  expected = (image.height, image.width, image.channels)
+  if data.image_shape != expected:
+    raise ValueError(
+        f"data set {name!r} has images of shape {data.image_shape}, but the model config expects {expected} "
+        "(set config.model.image to the data set's shape)")
+
+
+def check_batch_size(batch_size: int) -> None:
+  """The global batch is split evenly over processes and devices."""
+  devices, processes = jax.device_count(), jax.process_count()
+  if batch_size % devices:
+    raise ValueError(
+        f"data.batch_size {batch_size} is not divisible by the {devices} devices; use a multiple of {devices}")
+  if batch_size % processes:
+    raise ValueError(f"data.batch_size {batch_size} is not divisible by the {processes} processes")
+
+
+def _keep_image_and_label(example):
+  out = {"image": np.asarray(example["image"], np.int32)}
+  if "label" in example:
+    out["label"] = np.asarray(example["label"], np.int32)
+  return out
+
+
+def train_iterator(data: DataSource, batch_size: int, seed: int) -> grain.DatasetIterator:
+  """Endless, seeded, globally shuffled batches of this process's share of `batch_size`.
+
+  Every process shuffles the whole split with the same seed and takes every `process_count`-th
+  example, so the processes' shards are disjoint and together make the global batch.
+  """
+  check_batch_size(batch_size)
+  per_process = batch_size // jax.process_count()
+  dataset = (grain.MapDataset.source(data.source)
+             .seed(seed)
+             .shuffle()
+             [jax.process_index()::jax.process_count()]
+             .repeat()
+             .map(_keep_image_and_label)
+             .batch(per_process, drop_remainder=True))
+  return iter(dataset.to_iter_dataset())
+
+
+def eval_batches(data: DataSource, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """The whole split once, in order, in batches padded to `batch_size` with a `mask` (1 = real)."""
+  for start in range(0, data.num_examples, batch_size):
+    examples = [_keep_image_and_label(data.source[i])
+                for i in range(start, min(start + batch_size, data.num_examples))]
+    real = len(examples)
+    examples += [examples[-1]] * (batch_size - real)
+    batch = {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+    batch["mask"] = (np.arange(batch_size) < real).astype(np.float32)
+    yield batch

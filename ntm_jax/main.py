@@ -1,0 +1,59 @@
+"""Command line: python -m ntm_jax.main --config=configs/digits.py --workdir=DIR [--mode=train|eval].
+
+Kept short on purpose: the logic lives in importable modules (train.py, evaluate.py) that notebooks and
+tests call directly.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with arguments: configs/digits.py:tarflow,steps=2000.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                          "train: train (resuming from the workdir) and evaluate; eval: bits/dim of the "
+                          "newest checkpoint on --eval_split.")
+_EVAL_SPLIT = flags.DEFINE_string("eval_split", "test", "Split for --mode=eval.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required, e.g. --config=configs/digits.py")
+  if not _WORKDIR.value:
+    raise app.UsageError("--workdir is required and must not be empty, e.g. --workdir=workdirs/digits")
+  # Import after flag parsing: jax and TensorFlow are slow to import and read XLA_FLAGS at import time.
+  import jax
+
+  # TensorFlow is only used by TFDS and the TensorBoard writer: keep it off any accelerator.
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")
+
+  from ntm_jax import train
+
+  workdir = os.path.abspath(_WORKDIR.value)
+  logging.info("ntm_jax %s: mode %s, workdir %s, %d devices", _MODE.value, _MODE.value, workdir,
+               jax.device_count())
+  if _MODE.value == "train":
+    train.train_and_evaluate(_CONFIG.value, workdir)
+  else:
+    results = train.evaluate_checkpoint(_CONFIG.value, workdir, _EVAL_SPLIT.value)
+    print(f"{_EVAL_SPLIT.value} bits/dim of step {results['step']}: {results['bpd_elbo']:.4f} +- "
+          f"{results['bpd_elbo_se']:.4f} (ELBO), {results['bpd_iw']:.4f} +- {results['bpd_iw_se']:.4f} "
+          f"(importance-weighted, M={results['importance_samples']}) over {results['num_examples']} images")
+
+
+def run():
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
+
+
+if __name__ == "__main__":
+  sys.exit(run())

@@ -1,0 +1,241 @@
+"""Training: `train_and_evaluate(config, workdir)`, one linear function in banner-marked sections.
+
+The state is one pytree {step, params, opt_state, ema}; the step is a pure function jitted with explicit
+shardings (a one-axis 'data' mesh over every device; parameters replicated). Randomness is
+`fold_in(seed, step)` and dequantisation happens on device, so a run resumed from a checkpoint (which
+also holds the data iterator) computes bit-for-bit the steps an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import periodic_actions
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from ntm_jax import bits, data, evaluate, images, metric_writer, optim, sample
+from ntm_jax.checkpoint import Checkpointer
+from ntm_jax.models import build_model, model_config_from_dict
+from ntm_jax.models.config import ModelConfig
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or Inf; training stops and the checkpoints on disk stay as they were."""
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A one-axis mesh ('data') over all devices, in Auto mode (GSPMD with sharding constraints)."""
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def initial_state(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, seed: int):
+  model = build_model(model_cfg, rngs=nnx.Rngs(seed))
+  graphdef, params = nnx.split(model)
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params),
+           "ema": jax.tree.map(jnp.copy, params)}  # own buffers: params and EMA are donated separately
+  return graphdef, state
+
+
+def train_step(state, batch, base_key, *, graphdef, optimizer, num_levels: int, label_dropout: float,
+               conditional: bool, ema_decay: float, loss_dims: int):
+  """One AdamW step on the exact NLL; returns (new state, metrics). Pure: jit it."""
+  key = jax.random.fold_in(base_key, state["step"])
+  dequant_key, loss_key, drop_key = jax.random.split(key, 3)
+  batch_images = bits.dequantize(batch["image"], dequant_key, num_levels)
+  labels = None
+  if conditional:  # drop labels to the null class with p = label_dropout, for guidance
+    dropped = jax.random.bernoulli(drop_key, label_dropout, batch["label"].shape)
+    labels = jnp.where(dropped, -1, batch["label"])
+
+  def loss_fn(params):
+    return nnx.merge(graphdef, params).loss(loss_key, batch_images, labels)
+
+  (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
+               "ema": optim.ema_update(state["ema"], params, state["step"], ema_decay)}
+  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
+             "update_norm": optax.global_norm(updates)}
+  for name, value in parts.items():
+    if value.ndim == 1:  # per-example parts, reported per dimension like the loss
+      metrics[f"loss_parts/{name}"] = jnp.mean(value) / loss_dims
+  return new_state, metrics
+
+
+def _loss_dims(model_cfg: ModelConfig) -> int:
+  levels = model_cfg.grid.num_steps + 1 if model_cfg.kind == "ntm" else 1
+  return levels * model_cfg.image.num_dims
+
+
+def _write_sample_grid(sample_fn, params, key, labels, step, workdir, writer, num_levels):
+  grid = images.to_uint8(jax.device_get(sample_fn(params, key, labels)), num_levels)
+  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+  path = images.save_grid_png(grid, os.path.join(workdir, "samples", f"step_{step:07d}.png"), scale=4)
+  writer.write_images(step, {"samples": images.make_grid(grid)[None]})
+  return path
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (resuming from `workdir` if it holds checkpoints) and returns the last evaluation results."""
+  # ---------------------------------------------------------------------------------------------
+  # Config, logging and workdir.
+  # ---------------------------------------------------------------------------------------------
+  model_cfg = model_config_from_dict(config.model)
+  num_steps, num_levels = config.train.num_steps, config.data.num_levels
+  os.makedirs(workdir, exist_ok=True)
+  writer = metric_writer.create_writer(workdir)
+  is_main = jax.process_index() == 0
+  if is_main:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  logging.info("process %d of %d holds %d of %d devices", jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
+
+  # ---------------------------------------------------------------------------------------------
+  # Data.
+  # ---------------------------------------------------------------------------------------------
+  train_data = data.load_split(config.data.name, "train", config.data.data_dir)
+  data.check_matches_config(train_data, model_cfg.image, config.data.name)
+  eval_data = data.load_split(config.data.name, config.eval.split, config.data.data_dir)
+  train_iter = data.train_iterator(train_data, config.data.batch_size, config.seed)
+
+  # ---------------------------------------------------------------------------------------------
+  # Model, optimizer, shardings and the jitted step.
+  # ---------------------------------------------------------------------------------------------
+  optimizer = optim.make_optimizer(config.opt, num_steps)
+  graphdef, state = initial_state(model_cfg, optimizer, config.seed)
+  num_classes = nnx.merge(graphdef, state["params"]).num_classes
+  conditional = num_classes > 0
+  if conditional and not train_data.has_labels:
+    raise ValueError(f"the model is class-conditional but data set {config.data.name!r} has no labels")
+  num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  logging.info("model %s with %d parameters", model_cfg.kind, num_params)
+
+  mesh = make_mesh()
+  replicated = NamedSharding(mesh, PartitionSpec())
+  batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
+  state_sharding = jax.tree.map(lambda _: replicated, state)
+  state = jax.device_put(state, state_sharding)
+  step_fn = jax.jit(
+      functools.partial(
+          train_step, graphdef=graphdef, optimizer=optimizer, num_levels=num_levels,
+          label_dropout=config.train.label_dropout, conditional=conditional,
+          ema_decay=config.opt.ema_decay, loss_dims=_loss_dims(model_cfg)),
+      in_shardings=(state_sharding, batch_sharding, replicated),
+      out_shardings=(state_sharding, replicated),
+      donate_argnums=(0,))
+  base_key = jax.random.key(config.seed)
+
+  # ---------------------------------------------------------------------------------------------
+  # Resume: the newest checkpoint in the workdir that restores, else start from scratch.
+  # ---------------------------------------------------------------------------------------------
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
+  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                                state, state_sharding)
+  restored, restored_step = checkpointer.restore_latest(abstract_state, train_iter)
+  if restored is not None:
+    state = restored
+    logging.info("resumed from step %d", restored_step)
+    print(f"resumed from checkpoint step {restored_step} in {checkpointer.directory}", flush=True)
+  start_step = int(jax.device_get(state["step"]))
+  if start_step == 0:
+    writer.write_hparams({"num_parameters": num_params, "kind": model_cfg.kind})
+
+  # ---------------------------------------------------------------------------------------------
+  # Evaluation and samples (EMA parameters).
+  # ---------------------------------------------------------------------------------------------
+  bound_fn = evaluate.make_bound_fn(graphdef, model_cfg, num_levels, config.eval.importance_samples)
+  sample_fn = sample.make_sample_fn(graphdef, model_cfg, config.sample.num_samples,
+                                    temperature=config.sample.temperature)
+  labels_for_grid = sample.grid_labels(config.sample.num_samples, num_classes)
+
+  def run_eval(step):
+    results = evaluate.evaluate_bits_per_dim(
+        graphdef, state["ema"], model_cfg, eval_data, num_levels=num_levels, batch_size=config.eval.batch_size,
+        importance_samples=config.eval.importance_samples, seed=config.seed, bound_fn=bound_fn)
+    writer.write_scalars(step, {f"eval/{config.eval.split}/{k}": v for k, v in results.items()})
+    print(f"step {step}: {config.eval.split} bits/dim {results['bpd_elbo']:.4f} +- {results['bpd_elbo_se']:.4f} "
+          f"(ELBO), {results['bpd_iw']:.4f} (IW, M={config.eval.importance_samples})", flush=True)
+    if is_main and config.sample.num_samples:
+      path = _write_sample_grid(sample_fn, state["ema"], jax.random.fold_in(base_key, step), labels_for_grid,
+                                step, workdir, writer, num_levels)
+      logging.info("wrote %s", path)
+    return results
+
+  # ---------------------------------------------------------------------------------------------
+  # Train loop.
+  # ---------------------------------------------------------------------------------------------
+  report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_secs=None,
+                                                    every_steps=config.train.log_every)
+  last_saved = restored_step
+  results = {}
+  window_start, window_steps = time.perf_counter(), 0
+  try:
+    if start_step == 0:
+      results = run_eval(0)
+    for step in range(start_step + 1, num_steps + 1):
+      local_batch = next(train_iter)
+      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local_batch.items()}
+      state, metrics = step_fn(state, batch, base_key)
+      loss = float(jax.device_get(metrics["loss"]))
+      if not np.isfinite(loss):
+        raise NonFiniteLossError(
+            f"the loss is {loss} at step {step}; training stopped. The last good checkpoint "
+            f"(step {last_saved}) in {checkpointer.directory} was left as it was.")
+      report_progress(step)
+      window_steps += 1
+      if step % config.train.log_every == 0 or step == num_steps:
+        metrics = jax.device_get(metrics)
+        elapsed = time.perf_counter() - window_start
+        steps_per_sec = window_steps / elapsed
+        metrics["learning_rate"] = optim.learning_rate_schedule(config.opt, num_steps)(step)
+        writer.write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
+        eta = (num_steps - step) / steps_per_sec
+        print(f"step {step}/{num_steps} loss {loss:.4f} | {steps_per_sec:.2f} steps/s | "
+              f"ETA {eta / 60:.1f} min", flush=True)
+        window_start, window_steps = time.perf_counter(), 0
+      if step % config.train.checkpoint_every == 0 or step == num_steps:
+        checkpointer.save(step, state, train_iter, force=True)
+        last_saved = step
+      if step % config.train.eval_every == 0 or step == num_steps:
+        results = run_eval(step)
+  finally:
+    checkpointer.wait_until_finished()
+    writer.flush()
+  if is_main and results:
+    with open(os.path.join(workdir, "eval_results.json"), "w") as f:
+      json.dump({"step": num_steps, "split": config.eval.split, **results}, f, indent=2)
+  return results
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, split: str = "test") -> dict:
+  """Bits/dim of the newest checkpoint's EMA parameters over the full `split`."""
+  model_cfg = model_config_from_dict(config.model)
+  optimizer = optim.make_optimizer(config.opt, config.train.num_steps)
+  graphdef, state = initial_state(model_cfg, optimizer, config.seed)
+  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
+  abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  restored, step = checkpointer.restore_latest(abstract_state)
+  if restored is None:
+    raise FileNotFoundError(f"no checkpoint to evaluate in {checkpointer.directory}; train first (--mode=train)")
+  source = data.load_split(config.data.name, split, config.data.data_dir)
+  data.check_matches_config(source, model_cfg.image, config.data.name)
+  results = evaluate.evaluate_bits_per_dim(
+      graphdef, restored["ema"], model_cfg, source, num_levels=config.data.num_levels,
+      batch_size=config.eval.batch_size, importance_samples=config.eval.importance_samples, seed=config.seed)
+  results.update(step=step, split=split)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f"eval_{split}.json"), "w") as f:
+      json.dump(results, f, indent=2)
+  return results
