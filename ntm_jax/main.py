@@ -50,9 +50,39 @@ def main(argv):
           f"(importance-weighted, M={results['importance_samples']}) over {results['num_examples']} images")
 
 
+def _unknown_override(argv) -> str | None:
+  """The first `--config.a.b=...` override whose path the config file does not define."""
+  config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if config_arg is None:
+    return None
+  path, _, arg = config_arg.partition(":")
+  config = config_flags.config_flags._LoadConfigModule("config", path).get_config(*([arg] if arg else []))
+  for override in (a for a in argv if a.startswith("--config.")):
+    keys = override[len("--config."):].split("=", 1)[0].split(".")
+    node = config
+    for depth, key in enumerate(keys):
+      if not hasattr(node, "keys") or key not in node.keys():
+        return ".".join(keys[:depth + 1])
+      node = node[key]
+  return None
+
+
+def parse_flags(argv):
+  """absl flag parsing, with a clear error for a `--config.x=y` override of a key the config lacks."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as error:
+    unknown = _unknown_override(argv)
+    if unknown is None:
+      raise
+    sys.exit(f"error: unknown config key {unknown!r} in a --config override ({error})")
+  except flags.Error as error:
+    sys.exit(f"error: {error}")
+
+
 def run():
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

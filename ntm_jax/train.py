@@ -65,8 +65,8 @@ def train_step(state, batch, base_key, *, graphdef, optimizer, num_levels: int, 
   params = optax.apply_updates(state["params"], updates)
   new_state = {"step": state["step"] + 1, "params": params, "opt_state": opt_state,
                "ema": optim.ema_update(state["ema"], params, state["step"], ema_decay)}
-  metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "param_norm": optax.global_norm(params),
-             "update_norm": optax.global_norm(updates)}
+  metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
+             "update_norm": optax.tree.norm(updates)}
   for name, value in parts.items():
     if value.ndim == 1:  # per-example parts, reported per dimension like the loss
       metrics[f"loss_parts/{name}"] = jnp.mean(value) / loss_dims
@@ -199,9 +199,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         metrics = jax.device_get(metrics)
         elapsed = time.perf_counter() - window_start
         steps_per_sec = window_steps / elapsed
-        metrics["learning_rate"] = optim.learning_rate_schedule(config.opt, num_steps)(step)
-        writer.write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
         eta = (num_steps - step) / steps_per_sec
+        metrics.update(learning_rate=optim.learning_rate_schedule(config.opt, num_steps)(step),
+                       steps_per_sec=steps_per_sec, eta_minutes=eta / 60)
+        writer.write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
         print(f"step {step}/{num_steps} loss {loss:.4f} | {steps_per_sec:.2f} steps/s | "
               f"ETA {eta / 60:.1f} min", flush=True)
         window_start, window_steps = time.perf_counter(), 0

@@ -1,0 +1,167 @@
+"""Training end to end on the embedded digits: exact resume, damaged checkpoints, NaN, and input errors."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from ntm_jax import data, metric_writer, train
+from tests.config_test import load_config
+
+
+@pytest.fixture(autouse=True, scope="module")
+def private_data_dir(tmp_path_factory):
+  """Each test process builds its own copy of the (tiny) digits data set."""
+  old = os.environ.get("NTM_JAX_DATA_DIR")
+  os.environ["NTM_JAX_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
+  yield
+  if old is None:
+    del os.environ["NTM_JAX_DATA_DIR"]
+  else:
+    os.environ["NTM_JAX_DATA_DIR"] = old
+
+
+def smoke_config(steps=4, variant=""):
+  config = load_config("digits", ",".join(filter(None, [variant, "smoke", f"steps={steps}"])))
+  config.train.eval_every = 1000  # evaluate at the end only
+  config.sample.num_samples = 4
+  return config
+
+
+def final_params(workdir):
+  config = smoke_config()
+  optimizer = train.optim.make_optimizer(config.opt, config.train.num_steps)
+  _, state = train.initial_state(train.model_config_from_dict(config.model), optimizer, config.seed)
+  checkpointer = train.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=5)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  restored, step = checkpointer.restore_latest(abstract)
+  return restored, step
+
+
+class Crash(Exception):
+  pass
+
+
+def crashing(iterator, crash_at):
+  """The real grain iterator (so checkpoints still save its state), dying when asked for batch `crash_at`."""
+
+  class CrashingIterator(type(iterator)):
+    def __next__(self):
+      self.served = getattr(self, "served", 0) + 1
+      if self.served == crash_at:
+        raise Crash(f"simulated crash fetching batch {crash_at}")
+      return super().__next__()
+
+  iterator.__class__ = CrashingIterator
+  return iterator
+
+
+def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch):
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  config = smoke_config(steps=7)  # checkpoints at 2, 4, 6, 7
+  train.train_and_evaluate(config, straight)
+  real_iterator = train.data.train_iterator
+  with monkeypatch.context() as patch:
+    # Dies fetching step 6's batch: step 5 ran after the last checkpoint (4) and is lost.
+    patch.setattr(train.data, "train_iterator", lambda *a, **k: crashing(real_iterator(*a, **k), 6))
+    with pytest.raises(Crash):
+      train.train_and_evaluate(config, resumed)
+  assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["2", "4"]
+  results = train.train_and_evaluate(config, resumed)  # the same command again
+  assert np.isfinite(results["bpd_elbo"])
+  a, step_a = final_params(straight)
+  b, step_b = final_params(resumed)
+  assert step_a == step_b == 7
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # The metrics, the sample grids and the evaluation were written.
+  records = metric_writer.read_metrics(straight)
+  assert any("train/loss" in r for r in records) and any("train/steps_per_sec" in r for r in records)
+  assert any(k.startswith("eval/validation/bpd_elbo") for r in records for k in r)
+  assert os.listdir(os.path.join(straight, "samples"))
+  assert any(name.startswith("events") for name in os.listdir(os.path.join(straight, "tensorboard")))
+  with open(os.path.join(straight, "eval_results.json")) as f:
+    assert json.load(f)["num_examples"] == 144
+
+
+def test_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, capsys):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(smoke_config(steps=4), workdir)  # checkpoints at steps 2 and 4
+  checkpoints = os.path.join(workdir, "checkpoints")
+  assert sorted(os.listdir(checkpoints)) == ["2", "4"]
+  damaged = 0
+  for root, _, files in os.walk(os.path.join(checkpoints, "4", "state")):
+    for name in files:
+      if name != "commit_success.txt":
+        with open(os.path.join(root, name), "r+b") as f:
+          f.truncate(max(0, os.path.getsize(os.path.join(root, name)) // 3))
+        damaged += 1
+  assert damaged
+  capsys.readouterr()
+  train.train_and_evaluate(smoke_config(steps=4), workdir)
+  out = capsys.readouterr().out
+  assert "checkpoint step 4" in out and "cannot be restored" in out
+  assert "resumed from checkpoint step 2" in out
+  moved = [name for name in os.listdir(checkpoints) if name.startswith("4.unreadable")]
+  assert moved, "the damaged checkpoint must be kept, renamed, not deleted"
+  assert "4" in os.listdir(checkpoints)  # retrained to step 4 and saved again
+
+
+def test_non_finite_loss_stops_training_and_keeps_checkpoints(tmp_path, monkeypatch):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(smoke_config(steps=2), workdir)
+  real_step = train.train_step
+
+  def poisoned_step(state, batch, base_key, **kwargs):
+    new_state, metrics = real_step(state, batch, base_key, **kwargs)
+    metrics["loss"] = jax.numpy.where(state["step"] >= 2, jax.numpy.nan, metrics["loss"])
+    return new_state, metrics
+
+  monkeypatch.setattr(train, "train_step", poisoned_step)
+  with pytest.raises(train.NonFiniteLossError, match="the loss is nan at step 3.*last good checkpoint \\(step 2\\)"):
+    train.train_and_evaluate(smoke_config(steps=6), workdir)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
+  _, step = final_params(workdir)
+  assert step == 2
+
+
+def test_batch_size_must_divide_the_devices(tmp_path):
+  config = smoke_config()
+  config.data.batch_size = jax.device_count() + 1
+  with pytest.raises(ValueError, match=f"batch_size {jax.device_count() + 1} is not divisible by the "
+                                       f"{jax.device_count()} devices"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_image_shape_mismatch_is_named(tmp_path):
+  config = smoke_config()
+  config.model.image.height = 16
+  config.model.image.width = 16
+  with pytest.raises(ValueError, match=r"images of shape \(8, 8, 1\).*expects \(16, 16, 1\)"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_missing_data_set_says_how_to_prepare_it(tmp_path):
+  config = smoke_config()
+  config.data.name = "mnist"  # a TFDS name that is not prepared here
+  with pytest.raises(FileNotFoundError, match="tfds build mnist --file_format=array_record"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_eval_without_checkpoint(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no checkpoint to evaluate"):
+    train.evaluate_checkpoint(smoke_config(), str(tmp_path))
+
+
+def test_digits_splits_follow_the_documented_protocol():
+  sizes = {split: data.load_split("digits", split).num_examples for split in ("train", "validation", "test")}
+  assert sizes == {"train": 1293, "validation": 144, "test": 360}
+  from sklearn.datasets import load_digits
+  from sklearn.model_selection import train_test_split
+  _, expected_test = train_test_split(load_digits().data, test_size=0.2, random_state=0)
+  test = data.load_split("digits", "test")
+  ours = np.stack([test.source[i]["image"].reshape(-1) for i in range(test.num_examples)])
+  # TFDS may reorder examples; the set of test images must be the protocol's.
+  assert sorted(map(bytes, ours.astype(np.uint8))) == sorted(map(bytes, expected_test.astype(np.uint8)))
