@@ -12,16 +12,12 @@ Example: --config=configs/digits.py:tarflow,steps=2000
 
 import ml_collections
 
-from ntm_jax.config_args import parse_arg
+from ntm_jax.config_args import apply_model_variant, apply_smoke, parse_model_arg
 
 
 def get_config(arg=None):
-  args = parse_arg(arg, ntm=False, gaussian=False, tarflow=False, conditional=False, smoke=False, steps=0)
-  variants = [name for name in ("ntm", "gaussian", "tarflow") if args[name]]
-  if len(variants) > 1:
-    raise ValueError(f"choose one model variant, got {variants}")
-  variant = variants[0] if variants else "ntm"
-  num_classes = 10 if args["conditional"] else 0
+  args = parse_model_arg(arg)
+  num_classes = args["num_classes"]
 
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -31,34 +27,22 @@ def get_config(arg=None):
   model = dict(
       kind="ntm",
       image=dict(height=8, width=8, channels=1, patch_size=2),
-      grid=dict(num_steps=4, shift=1.0),
+      grid=dict(num_steps=4, shift=0.5),
       transporter=dict(num_blocks=2, layers_per_block=2, width=64, head_dim=32, mlp_ratio=4),
       predictor=dict(depth=4, width=64, head_dim=32, mlp_ratio=4, markov=False, sigma_floor=0.02,
                      num_classes=num_classes),
       dtype="float32",
       param_dtype="float32",
   )
-  if variant == "gaussian":
-    # f_T = identity; the predictor takes the transporter's parameter budget.
-    model["transporter"]["num_blocks"] = 0
-    model["predictor"]["depth"] = 8
-  elif variant == "tarflow":
-    model["kind"] = "tarflow"
-    model["transporter"].update(num_blocks=4, layers_per_block=2, num_classes=num_classes)
-  config.model = model
+  config.model = apply_model_variant(model, args["variant"], num_classes)
 
   config.opt = dict(learning_rate=1e-3, warmup_steps=200, end_learning_rate_factor=0.01, b1=0.9, b2=0.95,
                     weight_decay=1e-4, clip_norm=1.0, ema_decay=0.999)
-  config.train = dict(num_steps=args["steps"] or 6000, log_every=100, eval_every=1000,
+  config.train = dict(num_steps=args["steps"] or 3000, log_every=100, eval_every=500,
                       checkpoint_every=1000, keep_checkpoints=3, label_dropout=0.1)
   config.eval = dict(split="validation", batch_size=360, importance_samples=1)
   config.sample = dict(num_samples=64, temperature=1.0)
 
   if args["smoke"]:
-    config.model["transporter"].update(layers_per_block=1, width=32, head_dim=16)
-    config.model["predictor"].update(depth=1, width=32, head_dim=16)
-    config.data["batch_size"] = 16
-    config.train.update(num_steps=args["steps"] or 4, log_every=2, eval_every=4, checkpoint_every=2)
-    config.eval["batch_size"] = 64
-    config.sample["num_samples"] = 16
+    apply_smoke(config, args["steps"])
   return config

