@@ -6,6 +6,7 @@ state, saved in every checkpoint, replays exactly the batches a resumed run woul
 
 Data sets:
   digits, mnist5k   built locally on first use from data that ship inside packages (ntm_jax.datasets)
+  folder:PATH       a folder of images (class sub-folders optional), built locally on first use
   any other name    a TFDS data set already prepared in `data.data_dir` (array_record), by name
 """
 
@@ -21,6 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ntm_jax.datasets.digits import Digits
+from ntm_jax.datasets.image_folder import make_image_folder_builder
 from ntm_jax.datasets.mnist5k import Mnist5k
 from ntm_jax.models.config import ImageConfig
 
@@ -47,8 +49,11 @@ class DataSource:
 def load_builder(name: str, data_dir: str = "") -> tfds.core.DatasetBuilder:
   """The TFDS builder of `name`, prepared as array_record (embedded data sets are built if needed)."""
   data_dir = data_dir or default_data_dir()
-  if name in EMBEDDED_BUILDERS:
-    builder = EMBEDDED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
+  if name in EMBEDDED_BUILDERS or name.startswith("folder:"):
+    if name.startswith("folder:"):
+      builder = make_image_folder_builder(name[len("folder:"):], data_dir)
+    else:
+      builder = EMBEDDED_BUILDERS[name](data_dir=data_dir, file_format="array_record")
     if not builder.is_prepared():
       builder.download_and_prepare()
     return builder

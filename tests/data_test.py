@@ -69,3 +69,21 @@ def test_gaussian_mixture_baseline_bits_per_dim():
   bpd, se = gaussian_mixture_bpd(train, test, num_levels=17, components=1)
   expected_nll = 4 * (0.5 * np.log(2 * np.pi * 0.01) + 0.5)  # the entropy of N(0, 0.1^2 I_4) in nats
   assert abs(bpd - bits.bits_per_dim(expected_nll, 4, 17)) < 0.1 and 0 < se < 0.1
+
+
+def test_a_folder_of_images_goes_through_the_same_path(tmp_path, monkeypatch):
+  from PIL import Image
+  monkeypatch.setenv("NTM_JAX_DATA_DIR", str(tmp_path / "tfds"))
+  rng = np.random.default_rng(0)
+  for label in ("cats", "dogs"):
+    (tmp_path / "images" / label).mkdir(parents=True)
+    for i in range(30):
+      Image.fromarray(rng.integers(0, 256, (6, 4), dtype=np.uint8)).save(tmp_path / "images" / label / f"{i}.png")
+  name = f"folder:{tmp_path / 'images'}"
+  splits = {s: data.load_split(name, s) for s in ("train", "validation", "test")}
+  assert sum(s.num_examples for s in splits.values()) == 60
+  assert splits["train"].image_shape == (6, 4, 1) and splits["train"].has_labels
+  batch = next(data.train_iterator(splits["train"], 8, seed=0))
+  assert batch["image"].shape == (8, 6, 4, 1) and set(np.unique(batch["label"])) <= {0, 1}
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    data.load_split(f"folder:{tmp_path / 'nowhere'}", "train")
