@@ -17,8 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def command(workdir):
-  return [sys.executable, "-m", "ntm_jax.main", "--config=configs/digits.py:smoke,steps=40", f"--workdir={workdir}",
-          "--config.train.checkpoint_every=10", "--config.train.eval_every=1000", "--config.train.log_every=5",
+  return [sys.executable, "-m", "ntm_jax.main", "--config=configs/digits.py:smoke,steps=300", f"--workdir={workdir}",
+          "--config.train.checkpoint_every=100", "--config.train.eval_every=1000", "--config.train.log_every=10",
           "--config.sample.num_samples=0"]
 
 
@@ -34,22 +34,24 @@ def test_sigkill_between_checkpoints_then_same_command_resumes_exactly(tmp_path)
   straight, killed = tmp_path / "straight", tmp_path / "killed"
   subprocess.run(command(straight), cwd=ROOT, env=env, check=True, capture_output=True)
 
-  process = subprocess.Popen(command(killed), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
+  log = open(tmp_path / "killed.log", "w")
+  process = subprocess.Popen(command(killed), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+  # Kill between checkpoints: as soon as step 100 is committed (its directory renamed into place).
   deadline = time.time() + 300
-  for line in process.stdout:  # kill between checkpoints: after step 10 is saved, before step 20
-    if line.startswith("step 15/40") or time.time() > deadline:
-      break
+  while not (killed / "checkpoints" / "100").exists():
+    assert process.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+    time.sleep(0.02)
   os.kill(process.pid, signal.SIGKILL)
   process.wait()
+  log.close()
   assert process.returncode == -signal.SIGKILL
   saved = sorted(int(s) for s in os.listdir(killed / "checkpoints") if s.isdigit())
-  assert saved and max(saved) < 40, saved
+  assert saved and max(saved) < 300, saved
 
   rerun = subprocess.run(command(killed), cwd=ROOT, env=env, check=True, capture_output=True, text=True)
   assert f"resumed from checkpoint step {max(saved)}" in rerun.stdout
   a, step_a = final_params(str(straight))
   b, step_b = final_params(str(killed))
-  assert step_a == step_b == 40
+  assert step_a == step_b == 300
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
