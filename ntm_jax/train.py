@@ -190,9 +190,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state, metrics = step_fn(state, batch, base_key)
       loss = float(jax.device_get(metrics["loss"]))
       if not np.isfinite(loss):
-        raise NonFiniteLossError(
-            f"the loss is {loss} at step {step}; training stopped. The last good checkpoint "
-            f"(step {last_saved}) in {checkpointer.directory} was left as it was.")
+        saved = (f"The last good checkpoint (step {last_saved}) in {checkpointer.directory} was left as it was."
+                 if last_saved is not None else "No checkpoint had been saved yet.")
+        raise NonFiniteLossError(f"the loss is {loss} at step {step}; training stopped. {saved}")
       report_progress(step)
       window_steps += 1
       if step % config.train.log_every == 0 or step == num_steps:
