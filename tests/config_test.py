@@ -25,11 +25,12 @@ def parameter_count(config):
   return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
 
 
-def test_digits_variants_build_and_have_comparable_sizes():
-  counts = {v: parameter_count(load_config("digits", v)) for v in ("ntm", "gaussian", "tarflow")}
-  assert load_config("digits").model.kind == "ntm"
-  assert load_config("digits", "gaussian").model.transporter.num_blocks == 0
-  assert load_config("digits", "tarflow").model.kind == "tarflow"
+@pytest.mark.parametrize("name", ["digits", "mnist"])
+def test_variants_build_and_have_comparable_sizes(name):
+  counts = {v: parameter_count(load_config(name, v)) for v in ("ntm", "gaussian", "tarflow")}
+  assert load_config(name).model.kind == "ntm"
+  assert load_config(name, "gaussian").model.transporter.num_blocks == 0
+  assert load_config(name, "tarflow").model.kind == "tarflow"
   for variant in ("gaussian", "tarflow"):
     assert 0.75 < counts[variant] / counts["ntm"] < 1.33, counts
 
