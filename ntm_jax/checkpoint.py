@@ -18,10 +18,6 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 
-class CheckpointError(RuntimeError):
-  """No usable checkpoint where one was required."""
-
-
 class Checkpointer:
   """A thin wrapper over `ocp.CheckpointManager`: save, restore-latest-good, wait."""
 
@@ -72,6 +68,3 @@ class Checkpointer:
 
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()
-
-  def close(self) -> None:
-    self._manager.close()

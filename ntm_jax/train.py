@@ -19,7 +19,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import periodic_actions
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -176,8 +175,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------------------------------------
   # Train loop.
   # ---------------------------------------------------------------------------------------------
-  report_progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer, every_secs=None,
-                                                    every_steps=config.train.log_every)
+  learning_rate = optim.learning_rate_schedule(config.opt, num_steps)
   last_saved = restored_step
   results = {}
   window_start, window_steps = time.perf_counter(), 0
@@ -193,14 +191,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         saved = (f"The last good checkpoint (step {last_saved}) in {checkpointer.directory} was left as it was."
                  if last_saved is not None else "No checkpoint had been saved yet.")
         raise NonFiniteLossError(f"the loss is {loss} at step {step}; training stopped. {saved}")
-      report_progress(step)
       window_steps += 1
       if step % config.train.log_every == 0 or step == num_steps:
         metrics = jax.device_get(metrics)
         elapsed = time.perf_counter() - window_start
         steps_per_sec = window_steps / elapsed
         eta = (num_steps - step) / steps_per_sec
-        metrics.update(learning_rate=optim.learning_rate_schedule(config.opt, num_steps)(step),
+        metrics.update(learning_rate=learning_rate(step),
                        steps_per_sec=steps_per_sec, eta_minutes=eta / 60)
         writer.write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
         print(f"step {step}/{num_steps} loss {loss:.4f} | {steps_per_sec:.2f} steps/s | "
