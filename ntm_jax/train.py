@@ -49,7 +49,7 @@ def train_step(state, batch, base_key, *, graphdef, optimizer, num_levels: int, 
                conditional: bool, ema_decay: float, loss_dims: int):
   """One AdamW step on the exact NLL; returns (new state, metrics). Pure: jit it."""
   key = jax.random.fold_in(base_key, state["step"])
-  dequant_key, loss_key, drop_key = jax.random.split(key, 3)
+  dequant_key, loss_key, drop_key, dropout_key = jax.random.split(key, 4)
   batch_images = bits.dequantize(batch["image"], dequant_key, num_levels)
   labels = None
   if conditional:  # drop labels to the null class with p = label_dropout, for guidance
@@ -57,7 +57,7 @@ def train_step(state, batch, base_key, *, graphdef, optimizer, num_levels: int, 
     labels = jnp.where(dropped, -1, batch["label"])
 
   def loss_fn(params):
-    return nnx.merge(graphdef, params).loss(loss_key, batch_images, labels)
+    return nnx.merge(graphdef, params).loss(loss_key, batch_images, labels, dropout_key=dropout_key)
 
   (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])

@@ -45,6 +45,11 @@ class ImageConfig:
     return self.height * self.width * self.channels
 
 
+def _check_dropout(rate: float, section: str) -> None:
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"{section}.dropout must be in [0, 1), got {rate}")
+
+
 @dataclasses.dataclass(frozen=True)
 class TransporterConfig:
   """The shallow TarFlow stack f_T (D3). `num_blocks = 0` makes f_T the identity."""
@@ -57,10 +62,12 @@ class TransporterConfig:
   time_conditioned: bool = True
   # Only the plain TarFlow baseline is label-conditioned: NTM's transporter never is (D3).
   num_classes: int = 0
+  dropout: float = 0.0  # residual dropout, training only
 
   def __post_init__(self):
     if self.num_blocks < 0 or self.layers_per_block < 1:
       raise ValueError(f"transporter needs num_blocks >= 0 and layers_per_block >= 1, got {self}")
+    _check_dropout(self.dropout, "transporter")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,10 +81,12 @@ class PredictorConfig:
   markov: bool = False  # attend only to the conditioning level itself (an ablation of D4)
   sigma_floor: float = 0.02
   num_classes: int = 0  # 0 = unconditional
+  dropout: float = 0.0  # residual dropout, training only
 
   def __post_init__(self):
     if self.depth < 1:
       raise ValueError(f"predictor.depth must be >= 1, got {self.depth}")
+    _check_dropout(self.dropout, "predictor")
     if self.sigma_floor < 0:
       raise ValueError(f"predictor.sigma_floor must be >= 0, got {self.sigma_floor}")
 

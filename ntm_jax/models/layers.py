@@ -108,24 +108,45 @@ class MLP(nnx.Module):
     return self.down(jax.nn.gelu(self.up(x)))
 
 
-class TransformerLayer(nnx.Module):
-  """Pre-LayerNorm Transformer layer: x + attn(LN(x)), then x + mlp(LN(x))."""
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+  """Inverted dropout; the identity when `key` is None (evaluation, sampling, the exactness tests)."""
+  if key is None or rate == 0.0:
+    return x
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
-  def __init__(self, width: int, head_dim: int, mlp_ratio: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+
+class TransformerLayer(nnx.Module):
+  """Pre-LayerNorm Transformer layer: x + drop(attn(LN(x))), then x + drop(mlp(LN(x))).
+
+  Residual dropout is active only when the caller passes a `dropout_key` (training), so every density
+  the model reports outside training is the deterministic one.
+  """
+
+  def __init__(self, width: int, head_dim: int, mlp_ratio: int, *, dtype, param_dtype, rngs: nnx.Rngs,
+               dropout_rate: float = 0.0):
+    self.dropout_rate = dropout_rate
     norm = lambda: nnx.LayerNorm(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.attention_norm = norm()
     self.attention = Attention(width, head_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.mlp_norm = norm()
     self.mlp = MLP(width, mlp_ratio * width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, x_BxLxD: jax.Array, mask_LxL: jax.Array) -> jax.Array:
-    x_BxLxD = x_BxLxD + self.attention(self.attention_norm(x_BxLxD), mask_LxL)
-    return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
+  def __call__(self, x_BxLxD: jax.Array, mask_LxL: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    attention_key, mlp_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
+    attended = self.attention(self.attention_norm(x_BxLxD), mask_LxL)
+    x_BxLxD = x_BxLxD + dropout(attended, self.dropout_rate, attention_key)
+    return x_BxLxD + dropout(self.mlp(self.mlp_norm(x_BxLxD)), self.dropout_rate, mlp_key)
 
   def decode(self, x_BxSxD: jax.Array, cache: KVCache, start, mask_SxL: jax.Array):
     attended, cache = self.attention.decode(self.attention_norm(x_BxSxD), cache, start, mask_SxL)
     x_BxSxD = x_BxSxD + attended
     return x_BxSxD + self.mlp(self.mlp_norm(x_BxSxD)), cache
+
+
+def split_or_none(key: jax.Array | None, num: int) -> list:
+  """`num` keys from `key`, or `num` Nones when there is no key (no dropout)."""
+  return [None] * num if key is None else list(jax.random.split(key, num))
 
 
 def fourier_features(t_B: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:

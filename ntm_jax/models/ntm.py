@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ntm_jax import trajectory
-from ntm_jax.models import likelihood, patches
+from ntm_jax.models import layers, likelihood, patches
 from ntm_jax.models.config import ModelConfig
 from ntm_jax.models.predictor import TrajectoryPredictor
 from ntm_jax.models.tarflow import Transporter
@@ -38,41 +38,49 @@ class NTM(nnx.Module):
     """t_0 = 0 < ... < t_T = 1 for T = `num_steps` (default: the config's)."""
     return trajectory.time_grid(num_steps or self.cfg.grid.num_steps, self.cfg.grid.shift, dtype)
 
-  def transport(self, x_BxKxNxc: jax.Array, times_K: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def transport(self, x_BxKxNxc: jax.Array, times_K: jax.Array,
+                dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """f_T on every level in one batched call: (u [B, K, N, c], log|det| [B, K])."""
     batch, num_levels = x_BxKxNxc.shape[:2]
     t_rows = jnp.broadcast_to(times_K.astype(x_BxKxNxc.dtype), (batch, num_levels)).reshape(-1)
-    u, logdet = self.transporter.forward(x_BxKxNxc.reshape((-1,) + x_BxKxNxc.shape[2:]), t_rows)
+    u, logdet = self.transporter.forward(x_BxKxNxc.reshape((-1,) + x_BxKxNxc.shape[2:]), t_rows,
+                                         dropout_key=dropout_key)
     return u.reshape(x_BxKxNxc.shape[:2] + u.shape[1:]), logdet.reshape(batch, num_levels)
 
-  def trajectory_log_prob(self, x_BxKxNxc: jax.Array, times_K: jax.Array, labels_B=None):
+  def trajectory_log_prob(self, x_BxKxNxc: jax.Array, times_K: jax.Array, labels_B=None,
+                          dropout_key: jax.Array | None = None):
     """-log p(X | y) and its parts for token trajectories X [B, T + 1, N, c] on the grid `times_K`.
 
     Level 0 is the data end, level T the noise end (t_T = 1); see `likelihood.trajectory_nll_parts`.
+    A `dropout_key` turns on residual dropout (training only; the result is then not the model's density).
     """
     num_levels = x_BxKxNxc.shape[1] - 1
     if num_levels < 1 or times_K.shape[-1] != num_levels + 1:
       raise ValueError(
           f"a trajectory of {x_BxKxNxc.shape[1]} levels needs T >= 1 and a grid of T + 1 = "
           f"{num_levels + 1} times, got times of shape {times_K.shape}")
-    u, logdet = self.transport(x_BxKxNxc, times_K)
-    mu, sigma = self.predictor(u[:, 1:], times_K, labels_B)
+    transport_key, predictor_key = layers.split_or_none(dropout_key, 2)
+    u, logdet = self.transport(x_BxKxNxc, times_K, transport_key)
+    mu, sigma = self.predictor(u[:, 1:], times_K, labels_B, predictor_key)
     return likelihood.trajectory_nll_parts(x_BxKxNxc[:, -1], u[:, :-1], mu, sigma, logdet[:, :-1])
 
-  def trajectory_nll(self, key: jax.Array, x0_BxNxc: jax.Array, labels_B=None, num_steps: int | None = None):
+  def trajectory_nll(self, key: jax.Array, x0_BxNxc: jax.Array, labels_B=None, num_steps: int | None = None,
+                     dropout_key: jax.Array | None = None):
     """Draws X ~ q(X | x_0) on the grid and returns the parts of -log p(X | y) (per example)."""
     times = self.time_grid(num_steps, x0_BxNxc.dtype)
-    return self.trajectory_log_prob(trajectory.sample_trajectory(key, x0_BxNxc, times), times, labels_B)
+    return self.trajectory_log_prob(trajectory.sample_trajectory(key, x0_BxNxc, times), times, labels_B,
+                                    dropout_key)
 
-  def loss(self, key: jax.Array, images_BxHxWxC: jax.Array, labels_B=None):
+  def loss(self, key: jax.Array, images_BxHxWxC: jax.Array, labels_B=None, dropout_key: jax.Array | None = None):
     """Training loss: the trajectory NLL per dimension, -log p(X | y) / ((T + 1) D), batch mean (D5).
 
-    Returns (loss, parts) with the per-example parts of `trajectory_log_prob`.
+    Returns (loss, parts) with the per-example parts of `trajectory_log_prob`; `dropout_key` enables
+    the configured dropout.
     """
     image = self.cfg.image
     patches.check_images(images_BxHxWxC, image)
     x0 = patches.patchify(images_BxHxWxC, image.patch_size)
-    parts = self.trajectory_nll(key, x0, labels_B)
+    parts = self.trajectory_nll(key, x0, labels_B, dropout_key=dropout_key)
     num_levels = self.cfg.grid.num_steps + 1
     return jnp.mean(parts["nll"]) / (num_levels * image.num_dims), parts
 

@@ -46,7 +46,7 @@ class TrajectoryPredictor(nnx.Module):
         if cfg.num_classes else None)
     self.layers = nnx.List([
         layers.TransformerLayer(cfg.width, cfg.head_dim, cfg.mlp_ratio, dtype=dtype,
-                                param_dtype=param_dtype, rngs=rngs)
+                                param_dtype=param_dtype, rngs=rngs, dropout_rate=cfg.dropout)
         for _ in range(cfg.depth)])
     self.final_norm = nnx.LayerNorm(cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     # Zero init: at step 0, h = 0 and delta = 0 (sigma = the posterior scale); also what D9 needs.
@@ -58,13 +58,15 @@ class TrajectoryPredictor(nnx.Module):
     """Block-causal over levels in noise-to-data order (or within-level only for `markov`)."""
     return layers.block_causal_mask(num_levels, self.num_tokens, within_block_only=self.cfg.markov)
 
-  def __call__(self, u_BxTxNxc: jax.Array, times: jax.Array, labels_B=None) -> tuple[jax.Array, jax.Array]:
+  def __call__(self, u_BxTxNxc: jax.Array, times: jax.Array, labels_B=None,
+               dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Gaussian parameters for every transition at once.
 
     Args:
       u_BxTxNxc: transported conditioning levels u_1..u_T in level order (index k - 1 holds u_k).
       times: the grid t_0..t_T, shape [T + 1] or per example [B, T + 1].
       labels_B: int class labels, -1 for the null class; required iff the predictor is conditional.
+      dropout_key: enables residual dropout (training only).
 
     Returns:
       (mu, sigma), each [B, T, N, c] in level order: index k - 1 is the Gaussian over u_{k-1}.
@@ -84,8 +86,8 @@ class TrajectoryPredictor(nnx.Module):
     # Noise-to-data order, flattened to one sequence of T N tokens.
     h = jnp.flip(h, axis=1).reshape(batch, num_levels * self.num_tokens, -1)
     mask = self.attention_mask(num_levels)
-    for layer in self.layers:
-      h = layer(h, mask)
+    for layer, layer_key in zip(self.layers, layers.split_or_none(dropout_key, len(self.layers))):
+      h = layer(h, mask, layer_key)
     out = self.head(self.final_norm(h)).reshape(batch, num_levels, self.num_tokens, -1)
     out = jnp.flip(out, axis=1).astype(layers.compute_dtype_at_least_f32(out.dtype))
     h_pred, delta = jnp.split(out, 2, axis=-1)

@@ -56,7 +56,7 @@ class FlowBlock(nnx.Module):
         if cfg.num_classes else None)
     self.layers = nnx.List([
         layers.TransformerLayer(cfg.width, cfg.head_dim, cfg.mlp_ratio, dtype=dtype,
-                                param_dtype=param_dtype, rngs=rngs)
+                                param_dtype=param_dtype, rngs=rngs, dropout_rate=cfg.dropout)
         for _ in range(cfg.layers_per_block)])
     self.final_norm = nnx.LayerNorm(cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     # Zero weights and bias: the block starts as the exact identity (D3, needed by D9).
@@ -83,20 +83,24 @@ class FlowBlock(nnx.Module):
       cond = label_emb if cond is None else cond + label_emb
     return cond
 
-  def _hidden(self, x_scan_BxNxc, cond_Bxd):
+  def _hidden(self, x_scan_BxNxc, cond_Bxd, dropout_key=None):
     h = self.input_projection(x_scan_BxNxc) + self.to_scan_order(self.position())[None]
     if cond_Bxd is not None:
       h = h + cond_Bxd[:, None, :]
     mask = layers.causal_mask(self.num_tokens)
-    for layer in self.layers:
-      h = layer(h, mask)
+    for layer, layer_key in zip(self.layers, layers.split_or_none(dropout_key, len(self.layers))):
+      h = layer(h, mask, layer_key)
     return self.output_projection(self.final_norm(h))
 
   # -- data -> noise --------------------------------------------------------------------------------
-  def forward(self, x_BxNxc: jax.Array, t_B: jax.Array, labels_B=None) -> tuple[jax.Array, jax.Array]:
-    """z = (x - mu) / sigma in this block's scan order; returns (z, log|det dz/dx| per example)."""
+  def forward(self, x_BxNxc: jax.Array, t_B: jax.Array, labels_B=None,
+              dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """z = (x - mu) / sigma in this block's scan order; returns (z, log|det dz/dx| per example).
+
+    With a `dropout_key` (training) the block is a randomly thinned flow, still exactly invertible.
+    """
     x_scan = self.to_scan_order(x_BxNxc)
-    raw = self._hidden(x_scan, self._conditioning_Bxd(t_B, labels_B))
+    raw = self._hidden(x_scan, self._conditioning_Bxd(t_B, labels_B), dropout_key)
     # Shift right: token i is transformed by the output at i - 1; token 0 gets zeros (identity).
     raw = jnp.concatenate([jnp.zeros_like(raw[:, :1]), raw[:, :-1]], axis=1)
     mu, log_sigma = affine_parameters(raw)
@@ -166,11 +170,12 @@ class Transporter(nnx.Module):
                   rngs=rngs)
         for index in range(cfg.num_blocks)])
 
-  def forward(self, x_BxNxc: jax.Array, t_B: jax.Array, labels_B=None) -> tuple[jax.Array, jax.Array]:
-    """u = f_T(x; t) and log|det du/dx| per example (in at least float32)."""
+  def forward(self, x_BxNxc: jax.Array, t_B: jax.Array, labels_B=None,
+              dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """u = f_T(x; t) and log|det du/dx| per example (in at least float32); dropout only with a key."""
     logdet = jnp.zeros(x_BxNxc.shape[:1], layers.compute_dtype_at_least_f32(x_BxNxc.dtype))
-    for block in self.blocks:
-      x_BxNxc, block_logdet = block.forward(x_BxNxc, t_B, labels_B)
+    for block, block_key in zip(self.blocks, layers.split_or_none(dropout_key, len(self.blocks))):
+      x_BxNxc, block_logdet = block.forward(x_BxNxc, t_B, labels_B, block_key)
       logdet = logdet + block_logdet
     return x_BxNxc, logdet
 

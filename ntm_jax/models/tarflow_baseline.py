@@ -33,19 +33,19 @@ class TarFlowBaseline(nnx.Module):
   def num_classes(self) -> int:
     return self.cfg.transporter.num_classes
 
-  def log_prob(self, x_BxNxc: jax.Array, labels_B=None) -> dict[str, jax.Array]:
-    """-log p(x | y) per example with its parts `prior` and `flow_logdet`."""
+  def log_prob(self, x_BxNxc: jax.Array, labels_B=None, dropout_key=None) -> dict[str, jax.Array]:
+    """-log p(x | y) per example with its parts `prior` and `flow_logdet` (dropout only with a key)."""
     t_dummy = jnp.zeros(x_BxNxc.shape[:1], x_BxNxc.dtype)
-    z, logdet = self.flow.forward(x_BxNxc, t_dummy, labels_B)
+    z, logdet = self.flow.forward(x_BxNxc, t_dummy, labels_B, dropout_key)
     prior = likelihood.standard_normal_nll(z)
     return {"prior": prior, "flow_logdet": logdet, "nll": prior - logdet, "z": z}
 
-  def loss(self, key: jax.Array, images_BxHxWxC: jax.Array, labels_B=None):
+  def loss(self, key: jax.Array, images_BxHxWxC: jax.Array, labels_B=None, dropout_key=None):
     """Training loss: -log p(x | y) / D, batch mean; `key` is unused (the same signature as NTM.loss)."""
     del key
     image = self.cfg.image
     patches.check_images(images_BxHxWxC, image)
-    parts = self.log_prob(patches.patchify(images_BxHxWxC, image.patch_size), labels_B)
+    parts = self.log_prob(patches.patchify(images_BxHxWxC, image.patch_size), labels_B, dropout_key)
     return jnp.mean(parts["nll"]) / image.num_dims, parts
 
   def sample(self, key: jax.Array, batch_size: int, labels_B=None, *, temperature: float = 1.0,
