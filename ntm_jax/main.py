@@ -18,8 +18,12 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
                           "train: train (resuming from the workdir) and evaluate; eval: bits/dim of the "
-                          "newest checkpoint on --eval_split.")
+                          "checkpoint chosen by --eval_checkpoint on --eval_split.")
 _EVAL_SPLIT = flags.DEFINE_string("eval_split", "test", "Split for --mode=eval.")
+_EVAL_CHECKPOINT = flags.DEFINE_enum(
+    "eval_checkpoint", "best", ["best", "latest"],
+    "Which EMA parameters --mode=eval scores: the step with the best validation bits/dim (kept in "
+    "WORKDIR/best) or the newest resume checkpoint.")
 
 
 def main(argv):
@@ -44,10 +48,11 @@ def main(argv):
   if _MODE.value == "train":
     train.train_and_evaluate(_CONFIG.value, workdir)
   else:
-    results = train.evaluate_checkpoint(_CONFIG.value, workdir, _EVAL_SPLIT.value)
-    print(f"{_EVAL_SPLIT.value} bits/dim of step {results['step']}: {results['bpd_elbo']:.4f} +- "
-          f"{results['bpd_elbo_se']:.4f} (ELBO), {results['bpd_iw']:.4f} +- {results['bpd_iw_se']:.4f} "
-          f"(importance-weighted, M={results['importance_samples']}) over {results['num_examples']} images")
+    results = train.evaluate_checkpoint(_CONFIG.value, workdir, _EVAL_SPLIT.value, _EVAL_CHECKPOINT.value)
+    print(f"{_EVAL_SPLIT.value} bits/dim of step {results['step']} ({_EVAL_CHECKPOINT.value}): "
+          f"{results['bpd_elbo']:.4f} +- {results['bpd_elbo_se']:.4f} (ELBO), "
+          f"{results['bpd_iw']:.4f} +- {results['bpd_iw_se']:.4f} (importance-weighted, "
+          f"M={results['importance_samples']}) over {results['num_examples']} images")
 
 
 def _unknown_override(argv) -> str | None:

@@ -23,6 +23,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ntm_jax import bits, data, evaluate, images, metric_writer, optim, sample
+from ntm_jax.best_checkpoint import BestCheckpoint
 from ntm_jax.checkpoint import Checkpointer
 from ntm_jax.models import build_model, model_config_from_dict
 from ntm_jax.models.config import ModelConfig
@@ -159,13 +160,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                     temperature=config.sample.temperature)
   labels_for_grid = sample.grid_labels(config.sample.num_samples, num_classes)
 
+  best = BestCheckpoint(os.path.join(workdir, "best"), config.eval.best_metric)
+
   def run_eval(step):
     results = evaluate.evaluate_bits_per_dim(
         graphdef, state["ema"], model_cfg, eval_data, num_levels=num_levels, batch_size=config.eval.batch_size,
         importance_samples=config.eval.importance_samples, seed=config.seed, bound_fn=bound_fn)
     writer.write_scalars(step, {f"eval/{config.eval.split}/{k}": v for k, v in results.items()})
+    is_best = best.offer(step, state["ema"], results)
     print(f"step {step}: {config.eval.split} bits/dim {results['bpd_elbo']:.4f} +- {results['bpd_elbo_se']:.4f} "
-          f"(ELBO), {results['bpd_iw']:.4f} (IW, M={config.eval.importance_samples})", flush=True)
+          f"(ELBO), {results['bpd_iw']:.4f} (IW, M={config.eval.importance_samples})"
+          f"{' (best so far, kept)' if is_best else f' (best stays step {best.best_step()})'}", flush=True)
     if is_main and config.sample.num_samples:
       path = _write_sample_grid(sample_fn, state["ema"], jax.random.fold_in(base_key, step), labels_for_grid,
                                 step, workdir, writer, num_levels)
@@ -217,22 +222,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   return results
 
 
-def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, split: str = "test") -> dict:
-  """Bits/dim of the newest checkpoint's EMA parameters over the full `split`."""
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, split: str = "test",
+                        checkpoint: str = "best") -> dict:
+  """Bits/dim over the full `split` of the EMA parameters of the `best` (by validation) or `latest` step."""
   model_cfg = model_config_from_dict(config.model)
   optimizer = optim.make_optimizer(config.opt, config.train.num_steps)
   graphdef, state = initial_state(model_cfg, optimizer, config.seed)
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
-  abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
-  restored, step = checkpointer.restore_latest(abstract_state)
-  if restored is None:
-    raise FileNotFoundError(f"no checkpoint to evaluate in {checkpointer.directory}; train first (--mode=train)")
+  if checkpoint == "best":
+    best = BestCheckpoint(os.path.join(workdir, "best"), config.eval.best_metric)
+    params, step = best.restore(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state["ema"]))
+    if params is None:
+      raise FileNotFoundError(f"no best checkpoint in {best.directory}; train first (--mode=train), or "
+                              f"evaluate the newest step with --eval_checkpoint=latest")
+  elif checkpoint == "latest":
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
+    restored, step = checkpointer.restore_latest(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                                              state))
+    if restored is None:
+      raise FileNotFoundError(f"no checkpoint to evaluate in {checkpointer.directory}; train first (--mode=train)")
+    params = restored["ema"]
+  else:
+    raise ValueError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}")
   source = data.load_split(config.data.name, split, config.data.data_dir)
   data.check_matches_config(source, model_cfg.image, config.data.name)
   results = evaluate.evaluate_bits_per_dim(
-      graphdef, restored["ema"], model_cfg, source, num_levels=config.data.num_levels,
+      graphdef, params, model_cfg, source, num_levels=config.data.num_levels,
       batch_size=config.eval.batch_size, importance_samples=config.eval.importance_samples, seed=config.seed)
-  results.update(step=step, split=split)
+  results.update(step=step, split=split, checkpoint=checkpoint)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f"eval_{split}.json"), "w") as f:
       json.dump(results, f, indent=2)

@@ -83,7 +83,12 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch)
   assert os.listdir(os.path.join(straight, "samples"))
   assert any(name.startswith("events") for name in os.listdir(os.path.join(straight, "tensorboard")))
   with open(os.path.join(straight, "eval_results.json")) as f:
-    assert json.load(f)["num_examples"] == 144
+    final = json.load(f)
+  assert final["num_examples"] == 144
+  # Evaluated at steps 0 and 7: the trained step is the best on validation, and --mode=eval scores it.
+  best = train.evaluate_checkpoint(config, straight, "validation")
+  assert best["step"] == 7 and best["checkpoint"] == "best"
+  assert best["bpd_iw"] == pytest.approx(final["bpd_iw"], rel=1e-6)
 
 
 def test_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, capsys):
@@ -150,9 +155,11 @@ def test_missing_data_set_says_how_to_prepare_it(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
-def test_eval_without_checkpoint(tmp_path):
-  with pytest.raises(FileNotFoundError, match="no checkpoint to evaluate"):
-    train.evaluate_checkpoint(smoke_config(), str(tmp_path))
+@pytest.mark.parametrize("checkpoint, message", [("best", "no best checkpoint"),
+                                                 ("latest", "no checkpoint to evaluate")])
+def test_eval_without_checkpoint(tmp_path, checkpoint, message):
+  with pytest.raises(FileNotFoundError, match=message):
+    train.evaluate_checkpoint(smoke_config(), str(tmp_path), checkpoint=checkpoint)
 
 
 def test_digits_splits_follow_the_documented_protocol():
