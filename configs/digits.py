@@ -41,7 +41,7 @@ def get_config(arg=None):
   config.train = dict(num_steps=args["steps"] or 3000, log_every=100, eval_every=500,
                       checkpoint_every=1000, keep_checkpoints=3, label_dropout=0.1)
   config.eval = dict(split="validation", batch_size=360, importance_samples=1, best_metric="bpd_iw")
-  config.sample = dict(num_samples=64, temperature=1.0)
+  config.sample = dict(num_samples=64, temperature=1.0, guidance_scale=0.0)
 
   if args["smoke"]:
     apply_smoke(config, args["steps"])

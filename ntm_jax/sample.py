@@ -1,8 +1,7 @@
 """A jitted sampler over EMA parameters: images in [-1, 1] from an NTM (D6) or the TarFlow baseline.
 
-NTM: x_1 ~ N(0, I), u_T = f_T(x_1) in one pass, T predictor steps in u-space, then one KV-cached
-inversion of f_T. (The predictor is re-run over the partially decoded trajectory at each step; a KV
-cache over levels, guidance and the distilled denoiser are listed as planned in the README.)
+NTM: x_1 ~ N(0, I), u_T = f_T(x_1) in one pass, T predictor steps in u-space decoded level by level
+from a KV cache over levels (optionally with Gaussian guidance), then one KV-cached inversion of f_T.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ from ntm_jax.models.config import ModelConfig
 
 
 def make_sample_fn(graphdef, cfg: ModelConfig, num_samples: int, *, temperature: float = 1.0,
-                   num_steps: int | None = None):
+                   num_steps: int | None = None, guidance_scale: float = 0.0):
   """A jitted fn(params, key, labels or None) -> images [num_samples, H, W, C] in model space."""
 
   def sample(params, key, labels):
@@ -24,8 +23,8 @@ def make_sample_fn(graphdef, cfg: ModelConfig, num_samples: int, *, temperature:
     if cfg.kind == "tarflow":
       tokens = model.sample(key, num_samples, labels, temperature=temperature)
     else:
-      tokens = model.sample_trajectory(key, num_samples, labels, num_steps=num_steps,
-                                       temperature=temperature)["x0"]
+      tokens = model.sample_trajectory(key, num_samples, labels, num_steps=num_steps, temperature=temperature,
+                                       guidance_scale=guidance_scale)["x0"]
     return jnp.clip(patches.unpatchify(tokens, cfg.image), -1.0, 1.0)
 
   return jax.jit(sample)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax import trajectory
+from ntm_jax import guidance, trajectory
 from ntm_jax.models import layers, likelihood, patches
 from ntm_jax.models.config import ModelConfig
 from ntm_jax.models.predictor import TrajectoryPredictor
@@ -85,12 +85,15 @@ class NTM(nnx.Module):
     return jnp.mean(parts["nll"]) / (num_levels * image.num_dims), parts
 
   def sample_trajectory(self, key: jax.Array, batch_size: int, labels_B=None, *, num_steps: int | None = None,
-                        temperature: float = 1.0, decode_all_levels: bool = False,
-                        dtype=jnp.float32) -> dict[str, jax.Array]:
-    """D6 without caches: x_1 ~ N(0, I), T predictor steps in u-space, then one inversion of f_T.
+                        temperature: float = 1.0, guidance_scale: float = 0.0, use_cache: bool = True,
+                        decode_all_levels: bool = False, dtype=jnp.float32) -> dict[str, jax.Array]:
+    """D6: x_1 ~ N(0, I), u_T = f_T(x_1; 1), T predictor steps in u-space, then one inversion of f_T.
 
-    The predictor is re-run on the whole (partially filled) trajectory at each step; the block-causal
-    mask makes the not-yet-decoded (zero) levels invisible to the level being read.
+    With `use_cache` the predictor decodes level by level from a KV cache over levels (N new tokens per
+    step); without it, it is re-run on the whole partially filled trajectory at each step (the reference
+    the tests compare against: the block-causal mask hides the not-yet-decoded zero levels). A
+    `guidance_scale` w > 0 applies STARFlow's Gaussian guidance (C.10) to every step's (mu, sigma),
+    using the null label for the unconditional branch.
 
     Returns a dict with `x0` [B, N, c], `u` [B, T + 1, N, c], `z` [B, T, N, c] (the standard normal
     draws, level order), and, if `decode_all_levels`, `x` [B, T + 1, N, c] (every level inverted).
@@ -102,12 +105,35 @@ class NTM(nnx.Module):
     token_shape = (batch_size, image.num_tokens, image.token_dim)
     x_noise = jax.random.normal(noise_key, token_shape, dtype)
     u_noise, _ = self.transporter.forward(x_noise, jnp.ones((batch_size,), dtype))
-
     z = jax.random.normal(step_key, (batch_size, num_levels) + token_shape[1:], dtype)
+
+    guided = guidance_scale != 0.0
+    if guided and (not self.num_classes or labels_B is None):
+      raise ValueError("guidance needs a class-conditional model and labels")
+    # Guidance runs the conditional and the unconditional (null label) branch as one batch of 2B.
+    branch_labels = jnp.concatenate([labels_B, jnp.full_like(labels_B, -1)]) if guided else labels_B
+
+    def gaussian_step(mu, sigma):
+      if guided:
+        (mu_c, mu_u), (sigma_c, sigma_u) = jnp.split(mu, 2), jnp.split(sigma, 2)
+        mu, sigma = guidance.gaussian_guidance(mu_c, sigma_c, mu_u, sigma_u, guidance_scale)
+      return mu, sigma
+
+    def branches(x):
+      return jnp.concatenate([x, x]) if guided else x
+
     u = jnp.zeros((batch_size, num_levels + 1) + token_shape[1:], u_noise.dtype).at[:, num_levels].set(u_noise)
-    for k in range(num_levels, 0, -1):
-      mu, sigma = self.predictor(u[:, 1:], times, labels_B)
-      u = u.at[:, k - 1].set(mu[:, k - 1] + temperature * sigma[:, k - 1] * z[:, k - 1])
+    if use_cache:
+      caches = self.predictor.init_cache(branches(u_noise).shape[0], num_levels, u_noise.dtype)
+      for k in range(num_levels, 0, -1):
+        mu, sigma, caches = self.predictor.decode_level(branches(u[:, k]), k, times, caches, branch_labels)
+        mu, sigma = gaussian_step(mu, sigma)
+        u = u.at[:, k - 1].set(mu + temperature * sigma * z[:, k - 1])
+    else:
+      for k in range(num_levels, 0, -1):
+        mu, sigma = self.predictor(branches(u[:, 1:]), times, branch_labels)
+        mu, sigma = gaussian_step(mu[:, k - 1], sigma[:, k - 1])
+        u = u.at[:, k - 1].set(mu + temperature * sigma * z[:, k - 1])
 
     x0 = self.transporter.inverse(u[:, 0], jnp.zeros((batch_size,), dtype))
     out = {"x0": x0, "u": u, "z": z}

@@ -74,7 +74,52 @@ class TrajectoryPredictor(nnx.Module):
     batch, num_levels = u_BxTxNxc.shape[:2]
     times_BxK = jnp.broadcast_to(times, (batch, num_levels + 1))
     t_BxT, s_BxT = times_BxK[:, 1:], times_BxK[:, :-1]
+    h = self._embed(u_BxTxNxc, t_BxT, s_BxT, labels_B)
+    # Noise-to-data order, flattened to one sequence of T N tokens.
+    h = jnp.flip(h, axis=1).reshape(batch, num_levels * self.num_tokens, -1)
+    mask = self.attention_mask(num_levels)
+    for layer, layer_key in zip(self.layers, layers.split_or_none(dropout_key, len(self.layers))):
+      h = layer(h, mask, layer_key)
+    out = jnp.flip(self._head(h).reshape(batch, num_levels, self.num_tokens, -1), axis=1)
+    return self._gaussian(u_BxTxNxc, out, t_BxT[:, :, None, None], s_BxT[:, :, None, None])
 
+  # -- level-by-level decoding with a KV cache over levels (sampling, D6) ------------------------------
+  def init_cache(self, batch: int, num_levels: int, dtype) -> list[layers.KVCache]:
+    """An empty cache for T = `num_levels` levels of N tokens, one per layer."""
+    return [layers.KVCache.zeros(batch, num_levels * self.num_tokens, layer.attention.num_heads,
+                                 layer.attention.head_dim, dtype) for layer in self.layers]
+
+  def decode_level(self, u_k_BxNxc: jax.Array, k: int, times: jax.Array, caches: list[layers.KVCache],
+                   labels_B=None) -> tuple[jax.Array, jax.Array, list[layers.KVCache]]:
+    """(mu, sigma) of u_{k-1} from level k, appending level k's keys and values to `caches`.
+
+    Levels must be decoded from k = T down to 1 (`k` static). Level k sits at position (T - k) N of the
+    noise-to-data sequence and, as in the block-causal mask, sees itself and every noisier level.
+    """
+    batch, num_tokens = u_k_BxNxc.shape[:2]
+    num_levels = caches[0].keys.shape[1] // num_tokens
+    start = (num_levels - k) * num_tokens
+    times_B = jnp.broadcast_to(times, (batch, num_levels + 1))
+    t_Bx1, s_Bx1 = times_B[:, k:k + 1], times_B[:, k - 1:k]
+    h = self._embed(u_k_BxNxc[:, None], t_Bx1, s_Bx1, labels_B)[:, 0]
+    key_positions = jnp.arange(num_levels * num_tokens)
+    if self.cfg.markov:
+      visible = (key_positions >= start) & (key_positions < start + num_tokens)
+    else:
+      visible = key_positions < start + num_tokens
+    mask = jnp.broadcast_to(visible[None, :], (num_tokens, visible.shape[0]))
+    new_caches = []
+    for layer, cache in zip(self.layers, caches):
+      h, cache = layer.decode(h, cache, start, mask)
+      new_caches.append(cache)
+    out = self._head(h)
+    mu, sigma = self._gaussian(u_k_BxNxc, out, t_Bx1[:, :, None], s_Bx1[:, :, None])
+    return mu, sigma, new_caches
+
+  # -- shared pieces ------------------------------------------------------------------------------------
+  def _embed(self, u_BxTxNxc, t_BxT, s_BxT, labels_B):
+    """Token embeddings [B, T, N, width]: proj(u) + position + emb(t_k, t_{k-1}) [+ class]."""
+    batch, num_levels = u_BxTxNxc.shape[:2]
     level_emb = self.level_embedding(t_BxT.reshape(-1), s_BxT.reshape(-1)).reshape(batch, num_levels, 1, -1)
     h = self.input_projection(u_BxTxNxc) + self.position()[None, None] + level_emb
     if self.class_embedding is not None:
@@ -82,15 +127,12 @@ class TrajectoryPredictor(nnx.Module):
         raise ValueError("the predictor is class-conditional: pass labels (-1 for the null class)")
       labels_B = jnp.where(labels_B < 0, self.cfg.num_classes, labels_B)
       h = h + self.class_embedding(labels_B)[:, None, None, :]
+    return h
 
-    # Noise-to-data order, flattened to one sequence of T N tokens.
-    h = jnp.flip(h, axis=1).reshape(batch, num_levels * self.num_tokens, -1)
-    mask = self.attention_mask(num_levels)
-    for layer, layer_key in zip(self.layers, layers.split_or_none(dropout_key, len(self.layers))):
-      h = layer(h, mask, layer_key)
-    out = self.head(self.final_norm(h)).reshape(batch, num_levels, self.num_tokens, -1)
-    out = jnp.flip(out, axis=1).astype(layers.compute_dtype_at_least_f32(out.dtype))
+  def _head(self, h):
+    out = self.head(self.final_norm(h))
+    return out.astype(layers.compute_dtype_at_least_f32(out.dtype))
+
+  def _gaussian(self, u, out, t, s):
     h_pred, delta = jnp.split(out, 2, axis=-1)
-    return posterior_head(
-        u_BxTxNxc.astype(out.dtype), h_pred, delta, t_BxT[:, :, None, None], s_BxT[:, :, None, None],
-        self.cfg.sigma_floor)
+    return posterior_head(u.astype(out.dtype), h_pred, delta, t, s, self.cfg.sigma_floor)
