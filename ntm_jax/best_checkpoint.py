@@ -12,6 +12,8 @@ import os
 
 import orbax.checkpoint as ocp
 
+from ntm_jax.checkpoint import check_compatible
+
 
 class BestCheckpoint:
   """EMA parameters of the step with the lowest `metric` (e.g. validation `bpd_iw`), in `directory`."""
@@ -22,7 +24,8 @@ class BestCheckpoint:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1, best_fn=lambda metrics: metrics[metric], best_mode="min", create=True,
         cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("params",))
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("params",),
+                                          item_handlers={"params": ocp.StandardCheckpointHandler()})
 
   def offer(self, step: int, params, results: dict) -> bool:
     """Saves `params` if `results[metric]` beats every earlier offer; True if this step is now the best."""
@@ -42,5 +45,7 @@ class BestCheckpoint:
     step = self._manager.best_step()
     if step is None:
       return None, None
+    check_compatible(self._manager.item_metadata(step)["params"], abstract_params,
+                     os.path.join(self.directory, str(step)))
     restored = self._manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
     return restored["params"], step

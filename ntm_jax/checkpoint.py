@@ -10,12 +10,40 @@ files), it is reported, moved aside (renamed, never deleted) and the previous st
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import grain
 import jax
 import orbax.checkpoint as ocp
 from absl import logging
+
+
+class IncompatibleCheckpointError(ValueError):
+  """A readable checkpoint whose arrays do not match the configured model (another config's checkpoint)."""
+
+
+def _leaf_paths(tree) -> dict[str, tuple]:
+  """{"a/b/0/c": shape} with Orbax's and nnx's spellings of the same path made equal."""
+  shapes = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    keys = [a or b or c for a, b, c in re.findall(r"\['([^']*)'\]|\[(\d+)\]|\.(\w+)", jax.tree_util.keystr(path))]
+    shapes["/".join(k for k in keys if k not in ("value", "raw_value"))] = tuple(getattr(leaf, "shape", ()))
+  return shapes
+
+
+def check_compatible(saved_metadata, abstract_tree, where: str) -> None:
+  """Raises IncompatibleCheckpointError naming the first array whose path or shape differs."""
+  saved, wanted = _leaf_paths(saved_metadata), _leaf_paths(abstract_tree)
+  missing, extra = sorted(set(wanted) - set(saved)), sorted(set(saved) - set(wanted))
+  wrong = [(p, saved[p], wanted[p]) for p in sorted(set(saved) & set(wanted)) if saved[p] != wanted[p]]
+  if missing or extra or wrong:
+    detail = (f"{wrong[0][0]} has shape {wrong[0][1]} in the checkpoint but {wrong[0][2]} in the config"
+              if wrong else f"arrays only in the config: {missing[:3]}; only in the checkpoint: {extra[:3]}")
+    raise IncompatibleCheckpointError(
+        f"the checkpoint in {where} does not match the configured model ({len(wrong)} shape mismatches, "
+        f"{len(missing)} missing, {len(extra)} unexpected arrays; e.g. {detail}). Use the config it was "
+        f"trained with (saved as config.json in the workdir) or another --workdir; nothing was changed.")
 
 
 class Checkpointer:
@@ -26,7 +54,8 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_interval_steps=save_interval_steps, create=True,
         enable_async_checkpointing=True, cleanup_tmp_directories=True)
-    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+    self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"),
+                                          item_handlers={"state": ocp.StandardCheckpointHandler()})
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -41,9 +70,16 @@ class Checkpointer:
     """(state, step) of the newest step that restores, or (None, None) if there is none.
 
     `abstract_state` gives the structure, shapes, dtypes and shardings to restore into. A step that fails
-    to restore is logged, renamed to `<step>.unreadable-<time>` and skipped.
+    to restore is logged, renamed to `<step>.unreadable-<time>` and skipped. A readable step saved for
+    another model raises IncompatibleCheckpointError and is left untouched.
     """
     for step in reversed(self.all_steps()):
+      try:
+        metadata = self._manager.item_metadata(step)["state"]
+      except Exception:  # unreadable metadata: the restore below reports it and sets the step aside
+        metadata = None
+      if metadata is not None:
+        check_compatible(metadata, abstract_state, os.path.join(self.directory, str(step)))
       items = {"state": ocp.args.StandardRestore(abstract_state)}
       if data_iterator is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)

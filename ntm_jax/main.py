@@ -41,10 +41,19 @@ def main(argv):
   tf.config.set_visible_devices([], "GPU")
 
   from ntm_jax import train
+  from ntm_jax.checkpoint import IncompatibleCheckpointError
 
   workdir = os.path.abspath(_WORKDIR.value)
   logging.info("ntm_jax %s: mode %s, workdir %s, %d devices", _MODE.value, _MODE.value, workdir,
                jax.device_count())
+  try:
+    _run_mode(train, workdir)
+  except (FileNotFoundError, IncompatibleCheckpointError, train.NonFiniteLossError) as error:
+    # Expected failures get their message, not a traceback; nothing saved has been touched.
+    sys.exit(f"error: {error}")
+
+
+def _run_mode(train, workdir):
   if _MODE.value == "train":
     train.train_and_evaluate(_CONFIG.value, workdir)
   else:

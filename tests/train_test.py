@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ntm_jax import data, metric_writer, train
+from ntm_jax.checkpoint import IncompatibleCheckpointError
 from tests.config_test import load_config
 
 
@@ -112,6 +113,22 @@ def test_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_pat
   moved = [name for name in os.listdir(checkpoints) if name.startswith("4.unreadable")]
   assert moved, "the damaged checkpoint must be kept, renamed, not deleted"
   assert "4" in os.listdir(checkpoints)  # retrained to step 4 and saved again
+
+
+def test_a_checkpoint_of_another_model_is_named_and_left_alone(tmp_path):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(smoke_config(steps=2), workdir)
+  other = smoke_config(steps=4)
+  other.model.predictor.width = 48
+  before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
+  with pytest.raises(IncompatibleCheckpointError, match=r"does not match the configured model.*shape \(32,\) in "
+                                                        r"the checkpoint but \(48,\)"):
+    train.train_and_evaluate(other, workdir)
+  for checkpoint in ("best", "latest"):
+    with pytest.raises(IncompatibleCheckpointError, match="does not match the configured model"):
+      train.evaluate_checkpoint(other, workdir, "validation", checkpoint=checkpoint)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before == ["2"]
+  assert train.evaluate_checkpoint(smoke_config(steps=2), workdir, "validation")["step"] == 2
 
 
 def test_non_finite_loss_stops_training_and_keeps_checkpoints(tmp_path, monkeypatch):
