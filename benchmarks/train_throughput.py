@@ -24,6 +24,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from ntm_jax import optim, train  # noqa: E402
+from ntm_jax.train_state import initial_state  # noqa: E402
 from ntm_jax.models import model_config_from_dict  # noqa: E402
 from tests.config_test import load_config  # noqa: E402
 
@@ -60,7 +61,7 @@ def measure(config, repeats):
   model_cfg = model_config_from_dict(config.model)
   batch_size = config.data.batch_size
   optimizer = optim.make_optimizer(config.opt, 1000)
-  graphdef, state = train.initial_state(model_cfg, optimizer, 0)
+  graphdef, state = initial_state(model_cfg, optimizer, 0)
   image = model_cfg.image
   batch = {"image": jax.random.randint(jax.random.key(0), (batch_size, image.height, image.width, image.channels),
                                        0, config.data.num_levels)}

@@ -16,13 +16,14 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with arguments: configs/digits.py:tarflow,steps=2000.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"],
                           "train: train (resuming from the workdir) and evaluate; eval: bits/dim of the "
-                          "checkpoint chosen by --eval_checkpoint on --eval_split.")
+                          "checkpoint chosen by --eval_checkpoint on --eval_split; sample: a PNG grid and an "
+                          ".npz of samples from that checkpoint (settings in config.sample).")
 _EVAL_SPLIT = flags.DEFINE_string("eval_split", "test", "Split for --mode=eval.")
 _EVAL_CHECKPOINT = flags.DEFINE_enum(
     "eval_checkpoint", "best", ["best", "latest"],
-    "Which EMA parameters --mode=eval scores: the step with the best validation bits/dim (kept in "
+    "Which EMA parameters --mode=eval and --mode=sample use: the step with the best validation bits/dim (kept in "
     "WORKDIR/best) or the newest resume checkpoint.")
 
 
@@ -56,6 +57,11 @@ def main(argv):
 def _run_mode(train, workdir):
   if _MODE.value == "train":
     train.train_and_evaluate(_CONFIG.value, workdir)
+  elif _MODE.value == "sample":
+    from ntm_jax import sample
+    out = sample.sample_checkpoint(_CONFIG.value, workdir, _EVAL_CHECKPOINT.value)
+    print(f"{_CONFIG.value.sample.num_samples} samples from step {out['step']} ({_EVAL_CHECKPOINT.value}) in "
+          f"{out['seconds']:.2f} s after compilation ({out['images_per_s']:.1f} images/s): {out['png']}, {out['npz']}")
   else:
     results = train.evaluate_checkpoint(_CONFIG.value, workdir, _EVAL_SPLIT.value, _EVAL_CHECKPOINT.value)
     print(f"{_EVAL_SPLIT.value} bits/dim of step {results['step']} ({_EVAL_CHECKPOINT.value}): "

@@ -22,11 +22,12 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ntm_jax import bits, data, evaluate, images, metric_writer, optim, sample
+from ntm_jax import bits, data, evaluate, images, metric_writer, optim, restore, sample
 from ntm_jax.best_checkpoint import BestCheckpoint
 from ntm_jax.checkpoint import Checkpointer
-from ntm_jax.models import build_model, model_config_from_dict
+from ntm_jax.models import model_config_from_dict
 from ntm_jax.models.config import ModelConfig
+from ntm_jax.train_state import initial_state
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -36,14 +37,6 @@ class NonFiniteLossError(FloatingPointError):
 def make_mesh() -> jax.sharding.Mesh:
   """A one-axis mesh ('data') over all devices, in Auto mode (GSPMD with sharding constraints)."""
   return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def initial_state(model_cfg: ModelConfig, optimizer: optax.GradientTransformation, seed: int):
-  model = build_model(model_cfg, rngs=nnx.Rngs(seed))
-  graphdef, params = nnx.split(model)
-  state = {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(params),
-           "ema": jax.tree.map(jnp.copy, params)}  # own buffers: params and EMA are donated separately
-  return graphdef, state
 
 
 def train_step(state, batch, base_key, *, graphdef, optimizer, num_levels: int, label_dropout: float,
@@ -226,24 +219,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, split: str = "test",
                         checkpoint: str = "best") -> dict:
   """Bits/dim over the full `split` of the EMA parameters of the `best` (by validation) or `latest` step."""
-  model_cfg = model_config_from_dict(config.model)
-  optimizer = optim.make_optimizer(config.opt, config.train.num_steps)
-  graphdef, state = initial_state(model_cfg, optimizer, config.seed)
-  if checkpoint == "best":
-    best = BestCheckpoint(os.path.join(workdir, "best"), config.eval.best_metric)
-    params, step = best.restore(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state["ema"]))
-    if params is None:
-      raise FileNotFoundError(f"no best checkpoint in {best.directory}; train first (--mode=train), or "
-                              f"evaluate the newest step with --eval_checkpoint=latest")
-  elif checkpoint == "latest":
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
-    restored, step = checkpointer.restore_latest(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                                              state))
-    if restored is None:
-      raise FileNotFoundError(f"no checkpoint to evaluate in {checkpointer.directory}; train first (--mode=train)")
-    params = restored["ema"]
-  else:
-    raise ValueError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}")
+  graphdef, params, step, model_cfg = restore.restore_ema_params(config, workdir, checkpoint)
   source = data.load_split(config.data.name, split, config.data.data_dir)
   data.check_matches_config(source, model_cfg.image, config.data.name)
   results = evaluate.evaluate_bits_per_dim(

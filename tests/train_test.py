@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from ntm_jax import data, metric_writer, train
+from ntm_jax import data, metric_writer, sample, train
 from ntm_jax.checkpoint import IncompatibleCheckpointError
+from ntm_jax.train_state import initial_state
 from tests.config_test import load_config
 
 
@@ -34,7 +35,7 @@ def smoke_config(steps=4, variant=""):
 def final_params(workdir):
   config = smoke_config()
   optimizer = train.optim.make_optimizer(config.opt, config.train.num_steps)
-  _, state = train.initial_state(train.model_config_from_dict(config.model), optimizer, config.seed)
+  _, state = initial_state(train.model_config_from_dict(config.model), optimizer, config.seed)
   checkpointer = train.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=5)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
   restored, step = checkpointer.restore_latest(abstract)
@@ -90,6 +91,13 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch)
   best = train.evaluate_checkpoint(config, straight, "validation")
   assert best["step"] == 7 and best["checkpoint"] == "best"
   assert best["bpd_iw"] == pytest.approx(final["bpd_iw"], rel=1e-6)
+  # --mode=sample: a grid and the arrays from the same checkpoint, with a grid other than training's.
+  config.sample.update(num_samples=6, num_steps=2, seed=3)
+  out = sample.sample_checkpoint(config, straight)
+  assert out["step"] == 7 and os.path.getsize(out["png"]) > 0
+  arrays = np.load(out["npz"])
+  assert arrays["images"].shape == (6, 8, 8, 1) and arrays["images"].dtype == np.uint8
+  assert np.all(np.abs(arrays["model_space"]) <= 1.0) and np.std(arrays["model_space"]) > 0.01
 
 
 def test_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, capsys):
@@ -174,9 +182,11 @@ def test_missing_data_set_says_how_to_prepare_it(tmp_path):
 
 @pytest.mark.parametrize("checkpoint, message", [("best", "no best checkpoint"),
                                                  ("latest", "no checkpoint to evaluate")])
-def test_eval_without_checkpoint(tmp_path, checkpoint, message):
+def test_eval_and_sample_without_checkpoint(tmp_path, checkpoint, message):
   with pytest.raises(FileNotFoundError, match=message):
     train.evaluate_checkpoint(smoke_config(), str(tmp_path), checkpoint=checkpoint)
+  with pytest.raises(FileNotFoundError, match=message):
+    sample.sample_checkpoint(smoke_config(), str(tmp_path), checkpoint=checkpoint)
 
 
 def test_digits_splits_follow_the_documented_protocol():
