@@ -41,8 +41,10 @@ def get_config(arg=None):
   config.train = dict(num_steps=args["steps"] or 3000, log_every=100, eval_every=500,
                       checkpoint_every=1000, keep_checkpoints=3, label_dropout=0.1)
   config.eval = dict(split="validation", batch_size=360, importance_samples=1, best_metric="bpd_iw")
-  # num_steps 0 = the model's T; labels "" = cycle over the classes (conditional models only).
-  config.sample = dict(num_samples=64, temperature=1.0, guidance_scale=0.0, num_steps=0, seed=0, labels="")
+  # num_steps 0 = the model's T; labels "" = cycle over the classes (conditional models only);
+  # denoise = trajectory-score denoising of the result (C.11).
+  config.sample = dict(num_samples=64, temperature=1.0, guidance_scale=0.0, num_steps=0, seed=0, labels="",
+                       denoise=False)
 
   if args["smoke"]:
     apply_smoke(config, args["steps"])

@@ -15,22 +15,33 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from ntm_jax import denoise as denoise_lib
 from ntm_jax import images, restore
 from ntm_jax.models import patches
 from ntm_jax.models.config import ModelConfig
 
 
 def make_sample_fn(graphdef, cfg: ModelConfig, num_samples: int, *, temperature: float = 1.0,
-                   num_steps: int | None = None, guidance_scale: float = 0.0):
-  """A jitted fn(params, key, labels or None) -> images [num_samples, H, W, C] in model space."""
+                   num_steps: int | None = None, guidance_scale: float = 0.0, denoise: bool = False):
+  """A jitted fn(params, key, labels or None) -> images [num_samples, H, W, C] in model space.
+
+  `denoise` (NTM only) inverts every level of the sampled trajectory in one batch and returns the
+  trajectory-score estimate of x_0 at the cleanest noisy level (C.11) instead of the sampled x_0.
+  """
+  if denoise and cfg.kind != "ntm":
+    raise ValueError("sample.denoise needs an NTM (the trajectory score); the TarFlow baseline has none")
 
   def sample(params, key, labels):
     model = nnx.merge(graphdef, params)
     if cfg.kind == "tarflow":
       tokens = model.sample(key, num_samples, labels, temperature=temperature)
     else:
-      tokens = model.sample_trajectory(key, num_samples, labels, num_steps=num_steps, temperature=temperature,
-                                       guidance_scale=guidance_scale)["x0"]
+      out = model.sample_trajectory(key, num_samples, labels, num_steps=num_steps, temperature=temperature,
+                                    guidance_scale=guidance_scale, decode_all_levels=denoise)
+      tokens = out["x0"]
+      if denoise:
+        times = model.time_grid(num_steps, out["x"].dtype)
+        tokens = denoise_lib.denoise_trajectory(model, out["x"], times, labels)[:, 0]
     return jnp.clip(patches.unpatchify(tokens, cfg.image), -1.0, 1.0)
 
   return jax.jit(sample)
@@ -68,7 +79,7 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoin
   if model_cfg.kind == "tarflow" and num_steps:
     raise ValueError("sample.num_steps applies to NTM; the TarFlow baseline has no trajectory")
   sample_fn = make_sample_fn(graphdef, model_cfg, spec.num_samples, temperature=spec.temperature,
-                             num_steps=num_steps, guidance_scale=spec.guidance_scale)
+                             num_steps=num_steps, guidance_scale=spec.guidance_scale, denoise=spec.denoise)
   key = jax.random.key(spec.seed)
   compiled = sample_fn.lower(params, key, labels).compile()
   start = time.perf_counter()
@@ -76,8 +87,8 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoin
   seconds = time.perf_counter() - start
   uint8 = images.to_uint8(model_space, config.data.num_levels)
   steps_label = num_steps or (model_cfg.grid.num_steps if model_cfg.kind == "ntm" else 0)
-  stem = os.path.join(workdir, "samples",
-                      f"sample_{step}_T{steps_label}_w{spec.guidance_scale:g}_seed{spec.seed}")
+  stem = os.path.join(workdir, "samples", f"sample_{step}_T{steps_label}_w{spec.guidance_scale:g}_seed{spec.seed}"
+                      + ("_denoised" if spec.denoise else ""))
   os.makedirs(os.path.dirname(stem), exist_ok=True)
   images.save_grid_png(uint8, stem + ".png", scale=4)
   np.savez(stem + ".npz", images=uint8, model_space=model_space.astype(np.float32),
