@@ -37,7 +37,10 @@ def get_config(arg=None):
   # num_steps 0 = the model's T; labels "" = cycle over the classes (conditional models only);
   # denoise = trajectory-score denoising of the result (C.11).
   config.sample = dict(num_samples=64, temperature=1.0, guidance_scale=0.0, num_steps=0, seed=0, labels="",
-                       denoise=False)
+                       denoise=False, use_denoiser=True)
+  # --mode=distill: the light denoiser g(u_0, y) -> x_0 trained on the model's own samples (C.12).
+  config.distill = dict(depth=2, width=64, head_dim=32, mlp_ratio=4, num_steps=1000, batch_size=64,
+                        learning_rate=1e-3, target="inverse", log_every=100, checkpoint_every=500)
   if args["smoke"]:
     apply_smoke(config, args["steps"])
   return config

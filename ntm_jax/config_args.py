@@ -70,3 +70,5 @@ def apply_smoke(config, steps: int) -> None:
   config.train.update(num_steps=steps or 4, log_every=2, eval_every=4, checkpoint_every=2)
   config.eval.batch_size = 64
   config.sample.num_samples = 16
+  config.distill.update(depth=1, width=32, head_dim=16, num_steps=4, batch_size=8, log_every=2,
+                        checkpoint_every=2)

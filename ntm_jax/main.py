@@ -16,10 +16,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with arguments: configs/digits.py:tarflow,steps=2000.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "distill"],
                           "train: train (resuming from the workdir) and evaluate; eval: bits/dim of the "
                           "checkpoint chosen by --eval_checkpoint on --eval_split; sample: a PNG grid and an "
-                          ".npz of samples from that checkpoint (settings in config.sample).")
+                          ".npz of samples from that checkpoint (settings in config.sample); distill: train the "
+                          "light denoiser that replaces the last inversion on the model's own samples.")
 _EVAL_SPLIT = flags.DEFINE_string("eval_split", "test", "Split for --mode=eval.")
 _EVAL_CHECKPOINT = flags.DEFINE_enum(
     "eval_checkpoint", "best", ["best", "latest"],
@@ -57,6 +58,11 @@ def main(argv):
 def _run_mode(train, workdir):
   if _MODE.value == "train":
     train.train_and_evaluate(_CONFIG.value, workdir)
+  elif _MODE.value == "distill":
+    from ntm_jax import distill
+    out = distill.distill(_CONFIG.value, workdir)
+    print(f"denoiser step {out['denoiser_step']} (target {out['target']}): held-out MSE {out['held_out_mse']:.5f} "
+          f"(identity map: {out['held_out_identity_mse']:.5f}) on fresh samples of NTM step {out['ntm_step']}")
   elif _MODE.value == "sample":
     from ntm_jax import sample
     out = sample.sample_checkpoint(_CONFIG.value, workdir, _EVAL_CHECKPOINT.value)

@@ -16,29 +16,38 @@ import numpy as np
 from flax import nnx
 
 from ntm_jax import denoise as denoise_lib
-from ntm_jax import images, restore
+from ntm_jax import distill, images, restore
 from ntm_jax.models import patches
 from ntm_jax.models.config import ModelConfig
 
 
 def make_sample_fn(graphdef, cfg: ModelConfig, num_samples: int, *, temperature: float = 1.0,
-                   num_steps: int | None = None, guidance_scale: float = 0.0, denoise: bool = False):
-  """A jitted fn(params, key, labels or None) -> images [num_samples, H, W, C] in model space.
+                   num_steps: int | None = None, guidance_scale: float = 0.0, denoise: bool = False,
+                   denoiser_graphdef=None):
+  """A jitted fn(params, key, labels or None[, denoiser_params]) -> images [num_samples, H, W, C], model space.
 
   `denoise` (NTM only) inverts every level of the sampled trajectory in one batch and returns the
   trajectory-score estimate of x_0 at the cleanest noisy level (C.11) instead of the sampled x_0.
+  With `denoiser_graphdef` (a distilled denoiser, C.12) x_0 = g_phi(u_0, y): no inversion of f_T at all.
   """
-  if denoise and cfg.kind != "ntm":
-    raise ValueError("sample.denoise needs an NTM (the trajectory score); the TarFlow baseline has none")
+  if (denoise or denoiser_graphdef is not None) and cfg.kind != "ntm":
+    raise ValueError("denoising needs an NTM (its trajectory); the TarFlow baseline has none")
+  if denoise and denoiser_graphdef is not None:
+    raise ValueError("choose one of sample.denoise (score denoising) and the distilled denoiser")
 
-  def sample(params, key, labels):
+  def sample(params, key, labels, denoiser_params=None):
     model = nnx.merge(graphdef, params)
     if cfg.kind == "tarflow":
       tokens = model.sample(key, num_samples, labels, temperature=temperature)
     else:
+      distilled = denoiser_graphdef is not None
       out = model.sample_trajectory(key, num_samples, labels, num_steps=num_steps, temperature=temperature,
-                                    guidance_scale=guidance_scale, decode_all_levels=denoise)
-      tokens = out["x0"]
+                                    guidance_scale=guidance_scale, decode_all_levels=denoise,
+                                    invert=not distilled)
+      if distilled:
+        tokens = nnx.merge(denoiser_graphdef, denoiser_params)(out["u"][:, 0], labels)
+      else:
+        tokens = out["x0"]
       if denoise:
         times = model.time_grid(num_steps, out["x"].dtype)
         tokens = denoise_lib.denoise_trajectory(model, out["x"], times, labels)[:, 0]
@@ -68,6 +77,9 @@ def parse_labels(text: str, num_samples: int, num_classes: int):
 def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "best") -> dict:
   """--mode=sample: draws `config.sample.num_samples` images from a checkpoint's EMA parameters.
 
+  If the workdir holds a distilled denoiser (--mode=distill) and `sample.use_denoiser` is on, it replaces
+  the inversion of f_T.
+
   Writes WORKDIR/samples/sample_<step>_T<T>_w<scale>_seed<seed>.png (a grid) and .npz (`images` uint8 and
   `model_space` float32 [B, H, W, C], `labels`); returns the paths and the sampling time after compilation.
   """
@@ -78,20 +90,25 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoin
   num_steps = spec.num_steps or None
   if model_cfg.kind == "tarflow" and num_steps:
     raise ValueError("sample.num_steps applies to NTM; the TarFlow baseline has no trajectory")
+  denoiser = None
+  if model_cfg.kind == "ntm" and spec.use_denoiser and not spec.denoise:
+    denoiser = distill.restore_denoiser(config, workdir, model_cfg.image, num_classes)
   sample_fn = make_sample_fn(graphdef, model_cfg, spec.num_samples, temperature=spec.temperature,
-                             num_steps=num_steps, guidance_scale=spec.guidance_scale, denoise=spec.denoise)
+                             num_steps=num_steps, guidance_scale=spec.guidance_scale, denoise=spec.denoise,
+                             denoiser_graphdef=denoiser[0] if denoiser else None)
   key = jax.random.key(spec.seed)
-  compiled = sample_fn.lower(params, key, labels).compile()
+  denoiser_params = denoiser[1] if denoiser else None
+  compiled = sample_fn.lower(params, key, labels, denoiser_params).compile()
   start = time.perf_counter()
-  model_space = np.asarray(jax.block_until_ready(compiled(params, key, labels)))
+  model_space = np.asarray(jax.block_until_ready(compiled(params, key, labels, denoiser_params)))
   seconds = time.perf_counter() - start
   uint8 = images.to_uint8(model_space, config.data.num_levels)
   steps_label = num_steps or (model_cfg.grid.num_steps if model_cfg.kind == "ntm" else 0)
   stem = os.path.join(workdir, "samples", f"sample_{step}_T{steps_label}_w{spec.guidance_scale:g}_seed{spec.seed}"
-                      + ("_denoised" if spec.denoise else ""))
+                      + ("_denoised" if spec.denoise else "") + ("_distilled" if denoiser else ""))
   os.makedirs(os.path.dirname(stem), exist_ok=True)
   images.save_grid_png(uint8, stem + ".png", scale=4)
   np.savez(stem + ".npz", images=uint8, model_space=model_space.astype(np.float32),
            labels=np.asarray(labels) if labels is not None else np.zeros((0,), np.int32))
   return {"png": stem + ".png", "npz": stem + ".npz", "step": step, "seconds": seconds,
-          "images_per_s": spec.num_samples / seconds}
+          "images_per_s": spec.num_samples / seconds, "distilled_denoiser_step": denoiser[2] if denoiser else None}

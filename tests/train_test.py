@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from ntm_jax import data, metric_writer, sample, train
+from ntm_jax import data, distill, metric_writer, sample, train
 from ntm_jax.checkpoint import IncompatibleCheckpointError
 from ntm_jax.train_state import initial_state
 from tests.config_test import load_config
@@ -125,6 +125,20 @@ def test_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_pat
   moved = [name for name in os.listdir(checkpoints) if name.startswith("4.unreadable")]
   assert moved, "the damaged checkpoint must be kept, renamed, not deleted"
   assert "4" in os.listdir(checkpoints)  # retrained to step 4 and saved again
+
+
+def test_distill_mode_trains_a_denoiser_that_the_sampler_then_uses(tmp_path):
+  workdir = str(tmp_path)
+  config = smoke_config(steps=2)
+  train.train_and_evaluate(config, workdir)
+  results = distill.distill(config, workdir)  # 4 smoke steps, checkpoints at 2 and 4
+  assert results["denoiser_step"] == 4 and np.isfinite(results["held_out_mse"])
+  assert sorted(os.listdir(os.path.join(workdir, "denoiser"))) == ["2", "4"]
+  assert any("distill/mse" in record for record in metric_writer.read_metrics(workdir))
+  out = sample.sample_checkpoint(config, workdir)
+  assert out["distilled_denoiser_step"] == 4 and out["png"].endswith("_distilled.png")
+  config.sample.use_denoiser = False
+  assert sample.sample_checkpoint(config, workdir)["distilled_denoiser_step"] is None
 
 
 def test_a_checkpoint_of_another_model_is_named_and_left_alone(tmp_path):

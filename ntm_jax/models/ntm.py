@@ -86,7 +86,8 @@ class NTM(nnx.Module):
 
   def sample_trajectory(self, key: jax.Array, batch_size: int, labels_B=None, *, num_steps: int | None = None,
                         temperature: float = 1.0, guidance_scale: float = 0.0, use_cache: bool = True,
-                        decode_all_levels: bool = False, dtype=jnp.float32) -> dict[str, jax.Array]:
+                        decode_all_levels: bool = False, invert: bool = True,
+                        dtype=jnp.float32) -> dict[str, jax.Array]:
     """D6: x_1 ~ N(0, I), u_T = f_T(x_1; 1), T predictor steps in u-space, then one inversion of f_T.
 
     With `use_cache` the predictor decodes level by level from a KV cache over levels (N new tokens per
@@ -95,8 +96,9 @@ class NTM(nnx.Module):
     `guidance_scale` w > 0 applies STARFlow's Gaussian guidance (C.10) to every step's (mu, sigma),
     using the null label for the unconditional branch.
 
-    Returns a dict with `x0` [B, N, c], `u` [B, T + 1, N, c], `z` [B, T, N, c] (the standard normal
-    draws, level order), and, if `decode_all_levels`, `x` [B, T + 1, N, c] (every level inverted).
+    Returns a dict with `x0` [B, N, c] (unless `invert` is False: a distilled denoiser replaces the
+    inversion), `u` [B, T + 1, N, c], `z` [B, T, N, c] (the standard normal draws, level order), and, if
+    `decode_all_levels`, `x` [B, T + 1, N, c] (every level inverted).
     """
     image = self.cfg.image
     times = self.time_grid(num_steps, dtype)
@@ -135,8 +137,9 @@ class NTM(nnx.Module):
         mu, sigma = gaussian_step(mu[:, k - 1], sigma[:, k - 1])
         u = u.at[:, k - 1].set(mu + temperature * sigma * z[:, k - 1])
 
-    x0 = self.transporter.inverse(u[:, 0], jnp.zeros((batch_size,), dtype))
-    out = {"x0": x0, "u": u, "z": z}
+    out = {"u": u, "z": z}
+    if invert:
+      out["x0"] = self.transporter.inverse(u[:, 0], jnp.zeros((batch_size,), dtype))
     if decode_all_levels:
       t_rows = jnp.broadcast_to(times, (batch_size, num_levels + 1)).reshape(-1)
       x_all = self.transporter.inverse(u.reshape((-1,) + token_shape[1:]), t_rows)
