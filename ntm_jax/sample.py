@@ -56,11 +56,6 @@ def make_sample_fn(graphdef, cfg: ModelConfig, num_samples: int, *, temperature:
   return jax.jit(sample)
 
 
-def grid_labels(num_samples: int, num_classes: int):
-  """Labels 0, 1, ..., num_classes - 1, 0, 1, ... for a class-conditional grid (None if unconditional)."""
-  return jnp.arange(num_samples) % num_classes if num_classes else None
-
-
 def parse_labels(text: str, num_samples: int, num_classes: int):
   """Labels for `num_samples` samples from "3" or "0,1,2" (cycled), or the default cycle over classes."""
   if not num_classes:

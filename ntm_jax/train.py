@@ -152,7 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   sample_fn = sample.make_sample_fn(graphdef, model_cfg, config.sample.num_samples,
                                     temperature=config.sample.temperature,
                                     guidance_scale=config.sample.guidance_scale if conditional else 0.0)
-  labels_for_grid = sample.grid_labels(config.sample.num_samples, num_classes)
+  labels_for_grid = sample.parse_labels(config.sample.labels, config.sample.num_samples, num_classes)
 
   best = BestCheckpoint(os.path.join(workdir, "best"), config.eval.best_metric)
 
