@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -29,21 +27,12 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.train_throughput import median_seconds  # noqa: E402
 from ntm_jax import distill, restore, sample, sample_quality  # noqa: E402
 from ntm_jax.models import build_model, model_config_from_dict  # noqa: E402
 from tests.config_test import load_config  # noqa: E402
 
 BATCH = 64
-
-
-def seconds_per_call(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())  # compile
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def model_and_params(config, workdir=None):
@@ -87,7 +76,7 @@ def speed_table(data_name, repeats, ntm_workdir=None, tarflow_workdir=None):
   rows = {}
   fns = sample_fns(data_name, ntm_workdir, tarflow_workdir)
   for path, (fn, num_params) in fns.items():
-    seconds = seconds_per_call(lambda: fn(jax.random.key(0)), repeats)
+    seconds = median_seconds(lambda: fn(jax.random.key(0)), repeats)
     rows[path] = {"parameters": num_params, "ms_per_batch": round(1e3 * seconds, 1),
                   "images_per_s": round(BATCH / seconds, 1)}
     print(f"  {data_name} {path}: {rows[path]}", flush=True)
@@ -114,7 +103,7 @@ def cost_against_steps(repeats):
   rows = {}
   for num_steps in (1, 2, 4, 8, 16):
     fn = sample.make_sample_fn(graphdef, model_cfg, BATCH, num_steps=num_steps)
-    rows[num_steps] = round(1e3 * seconds_per_call(lambda: fn(params, jax.random.key(0), None), repeats), 1)
+    rows[num_steps] = round(1e3 * median_seconds(lambda: fn(params, jax.random.key(0), None), repeats), 1)
   return rows
 
 
@@ -127,7 +116,7 @@ def cost_against_tokens(repeats):
       config.model.image.patch_size = patch
       graphdef, params, model_cfg = model_and_params(config)
       fn = sample.make_sample_fn(graphdef, model_cfg, BATCH)
-      ms = round(1e3 * seconds_per_call(lambda: fn(params, jax.random.key(0), None), repeats), 1)
+      ms = round(1e3 * median_seconds(lambda: fn(params, jax.random.key(0), None), repeats), 1)
       rows[f"{model_cfg.image.num_tokens} tokens/{variant or 'ntm'}"] = ms
   return rows
 
@@ -142,8 +131,8 @@ def cached_against_uncached_inverse(repeats):
   graphdef, params = nnx.split(model.transporter)
   cached = jax.jit(lambda p, z: nnx.merge(graphdef, p).inverse(z, t, use_cache=True))
   reference = jax.jit(lambda p, z: nnx.merge(graphdef, p).inverse(z, t, use_cache=False))
-  seconds = {"cached_ms": 1e3 * seconds_per_call(lambda: cached(params, z), repeats),
-             "cache_free_ms": 1e3 * seconds_per_call(lambda: reference(params, z), repeats)}
+  seconds = {"cached_ms": 1e3 * median_seconds(lambda: cached(params, z), repeats),
+             "cache_free_ms": 1e3 * median_seconds(lambda: reference(params, z), repeats)}
   seconds["speedup"] = seconds["cache_free_ms"] / seconds["cached_ms"]
   return {k: round(v, 2) for k, v in seconds.items()}
 
