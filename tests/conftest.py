@@ -16,3 +16,15 @@ def x64():
   """Runs the test with 64-bit floats: the exactness tests compare to 1e-10 and need them."""
   with jax.enable_x64(True):
     yield
+
+
+@pytest.fixture(scope="module")
+def private_data_dir(tmp_path_factory):
+  """Points NTM_JAX_DATA_DIR at a fresh directory, so each test process builds its own (tiny) data sets."""
+  old = os.environ.get("NTM_JAX_DATA_DIR")
+  os.environ["NTM_JAX_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
+  yield
+  if old is None:
+    del os.environ["NTM_JAX_DATA_DIR"]
+  else:
+    os.environ["NTM_JAX_DATA_DIR"] = old

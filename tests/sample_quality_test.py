@@ -1,22 +1,12 @@
 """Sample-quality metrics: they separate real held-out-like images from corrupted ones."""
 
-import os
 
 import numpy as np
 import pytest
 
 from ntm_jax import sample_quality
 
-
-@pytest.fixture(autouse=True, scope="module")
-def private_data_dir(tmp_path_factory):
-  old = os.environ.get("NTM_JAX_DATA_DIR")
-  os.environ["NTM_JAX_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
-  yield
-  if old is None:
-    del os.environ["NTM_JAX_DATA_DIR"]
-  else:
-    os.environ["NTM_JAX_DATA_DIR"] = old
+pytestmark = pytest.mark.usefixtures("private_data_dir")
 
 
 def test_precision_recall_and_frechet_distance_on_known_sets():

@@ -12,17 +12,7 @@ from ntm_jax.checkpoint import IncompatibleCheckpointError
 from ntm_jax.train_state import initial_state
 from tests.config_test import load_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def private_data_dir(tmp_path_factory):
-  """Each test process builds its own copy of the (tiny) digits data set."""
-  old = os.environ.get("NTM_JAX_DATA_DIR")
-  os.environ["NTM_JAX_DATA_DIR"] = str(tmp_path_factory.mktemp("tfds"))
-  yield
-  if old is None:
-    del os.environ["NTM_JAX_DATA_DIR"]
-  else:
-    os.environ["NTM_JAX_DATA_DIR"] = old
+pytestmark = pytest.mark.usefixtures("private_data_dir")
 
 
 def smoke_config(steps=4, variant=""):
