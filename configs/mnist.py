@@ -22,13 +22,19 @@ def get_config(arg=None):
       kind="ntm",
       image=dict(height=28, width=28, channels=1, patch_size=4),
       grid=dict(num_steps=4, shift=1.0),
-      transporter=dict(num_blocks=2, layers_per_block=2, width=128, head_dim=32, mlp_ratio=4, dropout=0.0),
+      transporter=dict(num_blocks=2, layers_per_block=2, width=128, head_dim=32, mlp_ratio=4, dropout=0.0,
+                     remat=False),
       predictor=dict(depth=4, width=128, head_dim=32, mlp_ratio=4, markov=False, sigma_floor=0.02, dropout=0.0,
-                     num_classes=num_classes),
+                     num_classes=num_classes, remat=False),
       dtype="float32",
       param_dtype="float32",
   )
   config.model = apply_model_variant(model, args["variant"], num_classes)
+  # Device mesh (ntm_jax.sharding): -1 fills with the remaining devices; dcn_* axes span TPU slices.
+  config.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1)
+  # --mode=compile: ahead-of-time compilation for a TPU topology (libtpu; `pip install ".[tpu]"`).
+  config.compile = dict(topology="v5e:2x2", num_slices=1, sample_batch_size=0)  # 0 = data.batch_size
+
   # Sized for about 10 minutes per model on a 2-core CPU (README results). learning_rate 4e-3 is not tuned
   # here: on digits, short runs favoured high rates (1.6e-2 won there).
   config.opt = dict(learning_rate=4e-3, warmup_steps=100, end_learning_rate_factor=0.01, b1=0.9, b2=0.95,

@@ -92,12 +92,13 @@ def check_matches_config(data: DataSource, image: ImageConfig, name: str) -> Non
         "(set config.model.image to the data set's shape)")
 
 
-def check_batch_size(batch_size: int) -> None:
-  """The global batch is split evenly over processes and devices."""
-  devices, processes = jax.device_count(), jax.process_count()
+def check_batch_size(batch_size: int, batch_devices: int | None = None) -> None:
+  """The global batch is split evenly over processes and over the devices of the mesh's batch axes."""
+  devices, processes = batch_devices or jax.device_count(), jax.process_count()
   if batch_size % devices:
     raise ValueError(
-        f"data.batch_size {batch_size} is not divisible by the {devices} devices; use a multiple of {devices}")
+        f"data.batch_size {batch_size} is not divisible by the {devices} devices of the batch axes (mesh 'data' x "
+        f"'fsdp'); use a multiple of {devices}")
   if batch_size % processes:
     raise ValueError(f"data.batch_size {batch_size} is not divisible by the {processes} processes")
 
@@ -109,13 +110,14 @@ def _keep_image_and_label(example):
   return out
 
 
-def train_iterator(data: DataSource, batch_size: int, seed: int) -> grain.DatasetIterator:
+def train_iterator(data: DataSource, batch_size: int, seed: int,
+                   batch_devices: int | None = None) -> grain.DatasetIterator:
   """Endless, seeded, globally shuffled batches of this process's share of `batch_size`.
 
   Every process shuffles the whole split with the same seed and takes every `process_count`-th
   example, so the processes' shards are disjoint and together make the global batch.
   """
-  check_batch_size(batch_size)
+  check_batch_size(batch_size, batch_devices)
   per_process = batch_size // jax.process_count()
   dataset = (grain.MapDataset.source(data.source)
              .seed(seed)

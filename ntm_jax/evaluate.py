@@ -18,14 +18,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from ntm_jax import bits, data, trajectory
 from ntm_jax.models import patches
 from ntm_jax.models.config import ModelConfig
 
 
-def make_bound_fn(graphdef, cfg: ModelConfig, num_levels: int, importance_samples: int):
-  """A jitted fn(params, images_int, labels, key) -> {"elbo": [B], "iw": [B]} in nats."""
+def make_bound_fn(graphdef, cfg: ModelConfig, num_levels: int, importance_samples: int, mesh=None):
+  """A jitted fn(params, images_int, labels, key) -> {"elbo": [B], "iw": [B]} in nats.
+
+  On a `mesh` the results are replicated, so every process of a multi-host job can read them.
+  """
   if importance_samples < 1:
     raise ValueError(f"eval.importance_samples must be >= 1, got {importance_samples}")
   image = cfg.image
@@ -48,20 +52,30 @@ def make_bound_fn(graphdef, cfg: ModelConfig, num_levels: int, importance_sample
     iw = jax.scipy.special.logsumexp(log_p - log_q, axis=0) - math.log(importance_samples)
     return {"elbo": elbo, "iw": iw}
 
-  return jax.jit(bounds)
+  replicated = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
+  return jax.jit(bounds, out_shardings=replicated)
 
 
 def evaluate_bits_per_dim(graphdef, params, cfg: ModelConfig, source: data.DataSource, *, num_levels: int,
                           batch_size: int, importance_samples: int = 1, seed: int = 0,
-                          bound_fn=None) -> dict[str, float]:
-  """Mean bits/dim (ELBO and importance-weighted) with standard errors over every example of `source`."""
-  bound_fn = bound_fn or make_bound_fn(graphdef, cfg, num_levels, importance_samples)
+                          bound_fn=None, mesh=None) -> dict[str, float]:
+  """Mean bits/dim (ELBO and importance-weighted) with standard errors over every example of `source`.
+
+  On a `mesh` (training), each batch enters as a global array: every process reads the same batch, and
+  the model's batch constraints spread the work over the devices.
+  """
+  bound_fn = bound_fn or make_bound_fn(graphdef, cfg, num_levels, importance_samples, mesh)
+  if mesh is not None:
+    replicated = NamedSharding(mesh, PartitionSpec())
+    to_device = lambda x: jax.make_array_from_process_local_data(replicated, x)
+  else:
+    to_device = jnp.asarray
   conditional = getattr(nnx.merge(graphdef, params), "num_classes", 0) > 0
   per_image = {"elbo": [], "iw": []}
   base_key = jax.random.key(seed)
   for index, batch in enumerate(data.eval_batches(source, batch_size)):
-    labels = jnp.asarray(batch["label"]) if conditional else None
-    out = bound_fn(params, jnp.asarray(batch["image"]), labels, jax.random.fold_in(base_key, index))
+    labels = to_device(batch["label"]) if conditional else None
+    out = bound_fn(params, to_device(batch["image"]), labels, jax.random.fold_in(base_key, index))
     real = batch["mask"] > 0
     for name in per_image:
       per_image[name].append(np.asarray(jax.device_get(out[name]), np.float64)[real])

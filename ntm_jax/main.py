@@ -1,4 +1,4 @@
-"""Command line: python -m ntm_jax.main --config=configs/digits.py --workdir=DIR [--mode=train|eval].
+"""Command line: python -m ntm_jax.main --config=configs/digits.py --workdir=DIR [--mode=train|eval|...].
 
 Kept short on purpose: the logic lives in importable modules (train.py, evaluate.py) that notebooks and
 tests call directly.
@@ -6,6 +6,7 @@ tests call directly.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -16,11 +17,15 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with arguments: configs/digits.py:tarflow,steps=2000.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "distill"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "distill", "compile"],
                           "train: train (resuming from the workdir) and evaluate; eval: bits/dim of the "
                           "checkpoint chosen by --eval_checkpoint on --eval_split; sample: a PNG grid and an "
                           ".npz of samples from that checkpoint (settings in config.sample); distill: train the "
-                          "light denoiser that replaces the last inversion on the model's own samples.")
+                          "light denoiser that replaces the last inversion on the model's own samples; compile: "
+                          "ahead-of-time compilation for the TPU topology in config.compile (needs libtpu).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first: set by the multi-host launchers in launch/ "
+    "(on TPU VMs and GKE it finds the coordinator and the process index itself).")
 _EVAL_SPLIT = flags.DEFINE_string("eval_split", "test", "Split for --mode=eval.")
 _EVAL_CHECKPOINT = flags.DEFINE_enum(
     "eval_checkpoint", "best", ["best", "latest"],
@@ -38,6 +43,9 @@ def main(argv):
   # Import after flag parsing: jax and TensorFlow are slow to import and read XLA_FLAGS at import time.
   import jax
 
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()  # must come before anything touches the devices
+
   # TensorFlow is only used by TFDS and the TensorBoard writer: keep it off any accelerator.
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")
@@ -46,11 +54,13 @@ def main(argv):
   from ntm_jax.checkpoint import IncompatibleCheckpointError
 
   workdir = os.path.abspath(_WORKDIR.value)
-  logging.info("ntm_jax %s: mode %s, workdir %s, %d devices", _MODE.value, _MODE.value, workdir,
-               jax.device_count())
+  logging.info("ntm_jax %s: workdir %s, process %d of %d, %d devices", _MODE.value, workdir,
+               jax.process_index(), jax.process_count(), jax.device_count())
+  from ntm_jax import aot_compile
   try:
     _run_mode(train, workdir)
-  except (FileNotFoundError, IncompatibleCheckpointError, train.NonFiniteLossError) as error:
+  except (FileNotFoundError, IncompatibleCheckpointError, train.NonFiniteLossError,
+          aot_compile.CompiledMemoryError, aot_compile.MissingLibtpuError) as error:
     # Expected failures get their message, not a traceback; nothing saved has been touched.
     sys.exit(f"error: {error}")
 
@@ -58,6 +68,13 @@ def main(argv):
 def _run_mode(train, workdir):
   if _MODE.value == "train":
     train.train_and_evaluate(_CONFIG.value, workdir)
+  elif _MODE.value == "compile":
+    from ntm_jax import aot_compile
+    report = aot_compile.compile_for_topology(_CONFIG.value)
+    print(aot_compile.format_report(report))
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, f"compile_{report['topology'].replace(':', '_')}.json"), "w") as f:
+      json.dump(report, f, indent=2)
   elif _MODE.value == "distill":
     from ntm_jax import distill
     out = distill.distill(_CONFIG.value, workdir)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 
+import jax
 import ml_collections
 
-from ntm_jax import optim
+from ntm_jax import optim, sharding
 from ntm_jax.best_checkpoint import BestCheckpoint
 from ntm_jax.checkpoint import Checkpointer
 from ntm_jax.models import model_config_from_dict
@@ -19,12 +20,19 @@ from ntm_jax.train_state import abstract_state
 CHECKPOINT_CHOICES = ("best", "latest")
 
 
-def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "best"):
-  """(graphdef, EMA params, step, ModelConfig) of the chosen checkpoint in `workdir`."""
+def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "best", mesh=None):
+  """(graphdef, EMA params, step, ModelConfig) of the chosen checkpoint in `workdir`.
+
+  With a `mesh`, the parameters are restored directly into their shardings (ntm_jax.sharding), so a model
+  too big for one device can be evaluated and sampled.
+  """
   if checkpoint not in CHECKPOINT_CHOICES:
     raise ValueError(f"checkpoint must be one of {CHECKPOINT_CHOICES}, got {checkpoint!r}")
   model_cfg = model_config_from_dict(config.model)
   graphdef, state = abstract_state(model_cfg, optim.make_optimizer(config.opt, config.train.num_steps))
+  if mesh is not None:
+    shardings = sharding.state_shardings(state, sharding.param_shardings(state["params"], mesh), mesh)
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
   if checkpoint == "best":
     best = BestCheckpoint(os.path.join(workdir, "best"), config.eval.best_metric)
     restored, step = best.restore(state["ema"])

@@ -14,21 +14,23 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from ntm_jax import denoise as denoise_lib
-from ntm_jax import distill, images, restore
+from ntm_jax import distill, images, restore, sharding
 from ntm_jax.models import patches
 from ntm_jax.models.config import ModelConfig
 
 
 def make_sample_fn(graphdef, cfg: ModelConfig, num_samples: int, *, temperature: float = 1.0,
                    num_steps: int | None = None, guidance_scale: float = 0.0, denoise: bool = False,
-                   denoiser_graphdef=None):
+                   denoiser_graphdef=None, out_sharding=None):
   """A jitted fn(params, key, labels or None[, denoiser_params]) -> images [num_samples, H, W, C], model space.
 
   `denoise` (NTM only) inverts every level of the sampled trajectory in one batch and returns the
   trajectory-score estimate of x_0 at the cleanest noisy level (C.11) instead of the sampled x_0.
   With `denoiser_graphdef` (a distilled denoiser, C.12) x_0 = g_phi(u_0, y): no inversion of f_T at all.
+  `out_sharding` (for example replicated over a mesh) lets every process of a multi-host job read the images.
   """
   if (denoise or denoiser_graphdef is not None) and cfg.kind != "ntm":
     raise ValueError("denoising needs an NTM (its trajectory); the TarFlow baseline has none")
@@ -53,7 +55,7 @@ def make_sample_fn(graphdef, cfg: ModelConfig, num_samples: int, *, temperature:
         tokens = denoise_lib.denoise_trajectory(model, out["x"], times, labels)[:, 0]
     return jnp.clip(patches.unpatchify(tokens, cfg.image), -1.0, 1.0)
 
-  return jax.jit(sample)
+  return jax.jit(sample, out_shardings=out_sharding)
 
 
 def parse_labels(text: str, num_samples: int, num_classes: int):
@@ -78,7 +80,8 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoin
   Writes WORKDIR/samples/sample_<step>_T<T>_w<scale>_seed<seed>.png (a grid) and .npz (`images` uint8 and
   `model_space` float32 [B, H, W, C], `labels`); returns the paths and the sampling time after compilation.
   """
-  graphdef, params, step, model_cfg = restore.restore_ema_params(config, workdir, checkpoint)
+  mesh = sharding.make_mesh(config.mesh.to_dict())
+  graphdef, params, step, model_cfg = restore.restore_ema_params(config, workdir, checkpoint, mesh)
   spec = config.sample
   num_classes = nnx.merge(graphdef, params).num_classes
   labels = parse_labels(spec.labels, spec.num_samples, num_classes)
@@ -90,9 +93,11 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoin
     denoiser = distill.restore_denoiser(config, workdir, model_cfg.image, num_classes)
   sample_fn = make_sample_fn(graphdef, model_cfg, spec.num_samples, temperature=spec.temperature,
                              num_steps=num_steps, guidance_scale=spec.guidance_scale, denoise=spec.denoise,
-                             denoiser_graphdef=denoiser[0] if denoiser else None)
+                             denoiser_graphdef=denoiser[0] if denoiser else None,
+                             out_sharding=NamedSharding(mesh, PartitionSpec()))
   key = jax.random.key(spec.seed)
-  denoiser_params = denoiser[1] if denoiser else None
+  # The small denoiser is restored unsharded: replicate it onto the model's mesh.
+  denoiser_params = jax.device_put(denoiser[1], NamedSharding(mesh, PartitionSpec())) if denoiser else None
   compiled = sample_fn.lower(params, key, labels, denoiser_params).compile()
   start = time.perf_counter()
   model_space = np.asarray(jax.block_until_ready(compiled(params, key, labels, denoiser_params)))
@@ -101,9 +106,10 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoin
   steps_label = num_steps or (model_cfg.grid.num_steps if model_cfg.kind == "ntm" else 0)
   stem = os.path.join(workdir, "samples", f"sample_{step}_T{steps_label}_w{spec.guidance_scale:g}_seed{spec.seed}"
                       + ("_denoised" if spec.denoise else "") + ("_distilled" if denoiser else ""))
-  os.makedirs(os.path.dirname(stem), exist_ok=True)
-  images.save_grid_png(uint8, stem + ".png", scale=4)
-  np.savez(stem + ".npz", images=uint8, model_space=model_space.astype(np.float32),
-           labels=np.asarray(labels) if labels is not None else np.zeros((0,), np.int32))
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(stem), exist_ok=True)
+    images.save_grid_png(uint8, stem + ".png", scale=4)
+    np.savez(stem + ".npz", images=uint8, model_space=model_space.astype(np.float32),
+             labels=np.asarray(labels) if labels is not None else np.zeros((0,), np.int32))
   return {"png": stem + ".png", "npz": stem + ".npz", "step": step, "seconds": seconds,
           "images_per_s": spec.num_samples / seconds, "distilled_denoiser_step": denoiser[2] if denoiser else None}

@@ -1,17 +1,20 @@
 """Training: `train_and_evaluate(config, workdir)`, one linear function in banner-marked sections.
 
 The state is one pytree {step, params, opt_state, ema}; the step is a pure function jitted with explicit
-shardings (a one-axis 'data' mesh over every device; parameters replicated). Randomness is
+shardings over the ('data', 'fsdp', 'tensor') mesh of `config.mesh` (ntm_jax.sharding): the batch over data
+and fsdp, parameters, EMA and AdamW moments over fsdp, heads and MLP units over tensor. Randomness is
 `fold_in(seed, step)` and dequantisation happens on device, so a run resumed from a checkpoint (which
 also holds the data iterator) computes bit-for-bit the steps an uninterrupted run would have.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,21 +25,65 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ntm_jax import bits, data, evaluate, images, metric_writer, optim, restore, sample
+from ntm_jax import bits, data, evaluate, images, metric_writer, optim, restore, sample, sharding, train_state
 from ntm_jax.best_checkpoint import BestCheckpoint
 from ntm_jax.checkpoint import Checkpointer
 from ntm_jax.models import model_config_from_dict
 from ntm_jax.models.config import ModelConfig
-from ntm_jax.train_state import initial_state
 
 
 class NonFiniteLossError(FloatingPointError):
   """The loss became NaN or Inf; training stops and the checkpoints on disk stay as they were."""
 
 
-def make_mesh() -> jax.sharding.Mesh:
-  """A one-axis mesh ('data') over all devices, in Auto mode (GSPMD with sharding constraints)."""
-  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+@dataclasses.dataclass
+class TrainingSetup:
+  """What the train loop, the sharding tests and `--mode=compile` need: shardings and the jitted step."""
+
+  mesh: jax.sharding.Mesh
+  model_cfg: ModelConfig
+  graphdef: nnx.GraphDef
+  state: dict | None           # None when built with initialise=False (ahead-of-time compilation)
+  abstract_state: dict         # ShapeDtypeStructs with the shardings: what a restore or a compile needs
+  state_shardings: dict
+  batch_sharding: NamedSharding
+  step_fn: Callable
+  optimizer: optax.GradientTransformation
+  num_classes: int
+  num_params: int
+
+
+def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                   initialise: bool = True) -> TrainingSetup:
+  """Shards the train state over `mesh`, jits the train step and (if `initialise`) creates the state.
+
+  The state is created inside a jit with sharded outputs, so no device ever holds the whole model.
+  """
+  model_cfg = model_config_from_dict(config.model)
+  optimizer = optim.make_optimizer(config.opt, config.train.num_steps)
+  graphdef, abstract = train_state.abstract_state(model_cfg, optimizer)
+  state_shardings = sharding.state_shardings(abstract, sharding.param_shardings(abstract["params"], mesh), mesh)
+  replicated = NamedSharding(mesh, PartitionSpec())
+  batch_sharding = NamedSharding(mesh, sharding.logical_to_spec(("batch",), (config.data.batch_size,), mesh))
+  state = None
+  if initialise:
+    with jax.set_mesh(mesh):
+      state = jax.jit(lambda: train_state.initial_state(model_cfg, optimizer, config.seed)[1],
+                      out_shardings=state_shardings)()
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
+                          state_shardings)
+  num_classes = model_cfg.predictor.num_classes if model_cfg.kind == "ntm" else model_cfg.transporter.num_classes
+  step_fn = jax.jit(
+      functools.partial(
+          train_step, graphdef=graphdef, optimizer=optimizer, num_levels=config.data.num_levels,
+          label_dropout=config.train.label_dropout, conditional=num_classes > 0,
+          ema_decay=config.opt.ema_decay, loss_dims=_loss_dims(model_cfg)),
+      in_shardings=(state_shardings, batch_sharding, replicated),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=(0,))
+  num_params = sum(x.size for x in jax.tree.leaves(abstract["params"]))
+  return TrainingSetup(mesh, model_cfg, graphdef, state, abstract, state_shardings, batch_sharding, step_fn,
+                       optimizer, num_classes, num_params)
 
 
 def train_step(state, batch, base_key, *, graphdef, optimizer, num_levels: int, label_dropout: float,
@@ -71,8 +118,8 @@ def _loss_dims(model_cfg: ModelConfig) -> int:
   return levels * model_cfg.image.num_dims
 
 
-def _write_sample_grid(sample_fn, params, key, labels, step, workdir, writer, num_levels):
-  grid = images.to_uint8(jax.device_get(sample_fn(params, key, labels)), num_levels)
+def _write_sample_grid(samples, step, workdir, writer, num_levels):
+  grid = images.to_uint8(jax.device_get(samples), num_levels)
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   path = images.save_grid_png(grid, os.path.join(workdir, "samples", f"step_{step:07d}.png"), scale=4)
   writer.write_images(step, {"samples": images.make_grid(grid)[None]})
@@ -96,62 +143,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                jax.local_device_count(), jax.device_count())
 
   # ---------------------------------------------------------------------------------------------
+  # Mesh, sharded model and optimizer state, the jitted step.
+  # ---------------------------------------------------------------------------------------------
+  mesh = sharding.make_mesh(config.mesh.to_dict())
+  logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
+  batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  data.check_batch_size(config.data.batch_size, batch_devices)
+  setup = build_training(config, mesh)
+  graphdef, state, batch_sharding, step_fn = setup.graphdef, setup.state, setup.batch_sharding, setup.step_fn
+  num_classes = setup.num_classes
+  conditional = num_classes > 0
+  logging.info("model %s with %d parameters", model_cfg.kind, setup.num_params)
+
+  # ---------------------------------------------------------------------------------------------
   # Data.
   # ---------------------------------------------------------------------------------------------
   train_data = data.load_split(config.data.name, "train", config.data.data_dir)
   data.check_matches_config(train_data, model_cfg.image, config.data.name)
-  eval_data = data.load_split(config.data.name, config.eval.split, config.data.data_dir)
-  train_iter = data.train_iterator(train_data, config.data.batch_size, config.seed)
-
-  # ---------------------------------------------------------------------------------------------
-  # Model, optimizer, shardings and the jitted step.
-  # ---------------------------------------------------------------------------------------------
-  optimizer = optim.make_optimizer(config.opt, num_steps)
-  graphdef, state = initial_state(model_cfg, optimizer, config.seed)
-  num_classes = nnx.merge(graphdef, state["params"]).num_classes
-  conditional = num_classes > 0
   if conditional and not train_data.has_labels:
     raise ValueError(f"the model is class-conditional but data set {config.data.name!r} has no labels")
-  num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-  logging.info("model %s with %d parameters", model_cfg.kind, num_params)
-
-  mesh = make_mesh()
-  replicated = NamedSharding(mesh, PartitionSpec())
-  batch_sharding = NamedSharding(mesh, PartitionSpec("data"))
-  state_sharding = jax.tree.map(lambda _: replicated, state)
-  state = jax.device_put(state, state_sharding)
-  step_fn = jax.jit(
-      functools.partial(
-          train_step, graphdef=graphdef, optimizer=optimizer, num_levels=num_levels,
-          label_dropout=config.train.label_dropout, conditional=conditional,
-          ema_decay=config.opt.ema_decay, loss_dims=_loss_dims(model_cfg)),
-      in_shardings=(state_sharding, batch_sharding, replicated),
-      out_shardings=(state_sharding, replicated),
-      donate_argnums=(0,))
+  eval_data = data.load_split(config.data.name, config.eval.split, config.data.data_dir)
+  train_iter = data.train_iterator(train_data, config.data.batch_size, config.seed, batch_devices)
   base_key = jax.random.key(config.seed)
 
   # ---------------------------------------------------------------------------------------------
   # Resume: the newest checkpoint in the workdir that restores, else start from scratch.
   # ---------------------------------------------------------------------------------------------
   checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=config.train.keep_checkpoints)
-  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                                state, state_sharding)
-  restored, restored_step = checkpointer.restore_latest(abstract_state, train_iter)
+  restored, restored_step = checkpointer.restore_latest(setup.abstract_state, train_iter)
   if restored is not None:
     state = restored
     logging.info("resumed from step %d", restored_step)
     print(f"resumed from checkpoint step {restored_step} in {checkpointer.directory}", flush=True)
   start_step = int(jax.device_get(state["step"]))
   if start_step == 0:
-    writer.write_hparams({"num_parameters": num_params, "kind": model_cfg.kind})
+    writer.write_hparams({"num_parameters": setup.num_params, "kind": model_cfg.kind})
 
   # ---------------------------------------------------------------------------------------------
   # Evaluation and samples (EMA parameters).
   # ---------------------------------------------------------------------------------------------
-  bound_fn = evaluate.make_bound_fn(graphdef, model_cfg, num_levels, config.eval.importance_samples)
+  bound_fn = evaluate.make_bound_fn(graphdef, model_cfg, num_levels, config.eval.importance_samples, mesh)
   sample_fn = sample.make_sample_fn(graphdef, model_cfg, config.sample.num_samples,
                                     temperature=config.sample.temperature,
-                                    guidance_scale=config.sample.guidance_scale if conditional else 0.0)
+                                    guidance_scale=config.sample.guidance_scale if conditional else 0.0,
+                                    out_sharding=NamedSharding(mesh, PartitionSpec()))
   labels_for_grid = sample.parse_labels(config.sample.labels, config.sample.num_samples, num_classes)
 
   best = BestCheckpoint(os.path.join(workdir, "best"), config.eval.best_metric)
@@ -159,16 +194,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def run_eval(step):
     results = evaluate.evaluate_bits_per_dim(
         graphdef, state["ema"], model_cfg, eval_data, num_levels=num_levels, batch_size=config.eval.batch_size,
-        importance_samples=config.eval.importance_samples, seed=config.seed, bound_fn=bound_fn)
+        importance_samples=config.eval.importance_samples, seed=config.seed, bound_fn=bound_fn, mesh=mesh)
     writer.write_scalars(step, {f"eval/{config.eval.split}/{k}": v for k, v in results.items()})
     is_best = best.offer(step, state["ema"], results)
     print(f"step {step}: {config.eval.split} bits/dim {results['bpd_elbo']:.4f} +- {results['bpd_elbo_se']:.4f} "
           f"(ELBO), {results['bpd_iw']:.4f} (IW, M={config.eval.importance_samples})"
           f"{' (best so far, kept)' if is_best else f' (best stays step {best.best_step()})'}", flush=True)
-    if is_main and config.sample.num_samples:
-      path = _write_sample_grid(sample_fn, state["ema"], jax.random.fold_in(base_key, step), labels_for_grid,
-                                step, workdir, writer, num_levels)
-      logging.info("wrote %s", path)
+    if config.sample.num_samples:
+      # Every process takes part in the sharded sampler; only process 0 writes the grid.
+      grid = sample_fn(state["ema"], jax.random.fold_in(base_key, step), labels_for_grid)
+      if is_main:
+        logging.info("wrote %s", _write_sample_grid(grid, step, workdir, writer, num_levels))
     return results
 
   # ---------------------------------------------------------------------------------------------
@@ -179,34 +215,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   results = {}
   window_start, window_steps = time.perf_counter(), 0
   try:
-    if start_step == 0:
-      results = run_eval(0)
-    for step in range(start_step + 1, num_steps + 1):
-      local_batch = next(train_iter)
-      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local_batch.items()}
-      state, metrics = step_fn(state, batch, base_key)
-      loss = float(jax.device_get(metrics["loss"]))
-      if not np.isfinite(loss):
-        saved = (f"The last good checkpoint (step {last_saved}) in {checkpointer.directory} was left as it was."
-                 if last_saved is not None else "No checkpoint had been saved yet.")
-        raise NonFiniteLossError(f"the loss is {loss} at step {step}; training stopped. {saved}")
-      window_steps += 1
-      if step % config.train.log_every == 0 or step == num_steps:
-        metrics = jax.device_get(metrics)
-        elapsed = time.perf_counter() - window_start
-        steps_per_sec = window_steps / elapsed
-        eta = (num_steps - step) / steps_per_sec
-        metrics.update(learning_rate=learning_rate(step),
-                       steps_per_sec=steps_per_sec, eta_minutes=eta / 60)
-        writer.write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
-        print(f"step {step}/{num_steps} loss {loss:.4f} | {steps_per_sec:.2f} steps/s | "
-              f"ETA {eta / 60:.1f} min", flush=True)
-        window_start, window_steps = time.perf_counter(), 0
-      if step % config.train.checkpoint_every == 0 or step == num_steps:
-        checkpointer.save(step, state, train_iter, force=True)
-        last_saved = step
-      if step % config.train.eval_every == 0 or step == num_steps:
-        results = run_eval(step)
+    # Under the mesh, the models' activation constraints (sharding.constrain) take effect.
+    with jax.set_mesh(mesh):
+      if start_step == 0:
+        results = run_eval(0)
+      for step in range(start_step + 1, num_steps + 1):
+        local_batch = next(train_iter)
+        batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local_batch.items()}
+        state, metrics = step_fn(state, batch, base_key)
+        loss = float(jax.device_get(metrics["loss"]))
+        if not np.isfinite(loss):
+          saved = (f"The last good checkpoint (step {last_saved}) in {checkpointer.directory} was left as it was."
+                   if last_saved is not None else "No checkpoint had been saved yet.")
+          raise NonFiniteLossError(f"the loss is {loss} at step {step}; training stopped. {saved}")
+        window_steps += 1
+        if step % config.train.log_every == 0 or step == num_steps:
+          metrics = jax.device_get(metrics)
+          elapsed = time.perf_counter() - window_start
+          steps_per_sec = window_steps / elapsed
+          eta = (num_steps - step) / steps_per_sec
+          metrics.update(learning_rate=learning_rate(step),
+                         steps_per_sec=steps_per_sec, eta_minutes=eta / 60)
+          writer.write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
+          print(f"step {step}/{num_steps} loss {loss:.4f} | {steps_per_sec:.2f} steps/s | "
+                f"ETA {eta / 60:.1f} min", flush=True)
+          window_start, window_steps = time.perf_counter(), 0
+        if step % config.train.checkpoint_every == 0 or step == num_steps:
+          checkpointer.save(step, state, train_iter, force=True)
+          last_saved = step
+        if step % config.train.eval_every == 0 or step == num_steps:
+          results = run_eval(step)
   finally:
     checkpointer.wait_until_finished()
     writer.flush()
@@ -219,12 +257,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, split: str = "test",
                         checkpoint: str = "best") -> dict:
   """Bits/dim over the full `split` of the EMA parameters of the `best` (by validation) or `latest` step."""
-  graphdef, params, step, model_cfg = restore.restore_ema_params(config, workdir, checkpoint)
+  mesh = sharding.make_mesh(config.mesh.to_dict())
+  graphdef, params, step, model_cfg = restore.restore_ema_params(config, workdir, checkpoint, mesh)
   source = data.load_split(config.data.name, split, config.data.data_dir)
   data.check_matches_config(source, model_cfg.image, config.data.name)
   results = evaluate.evaluate_bits_per_dim(
       graphdef, params, model_cfg, source, num_levels=config.data.num_levels,
-      batch_size=config.eval.batch_size, importance_samples=config.eval.importance_samples, seed=config.seed)
+      batch_size=config.eval.batch_size, importance_samples=config.eval.importance_samples, seed=config.seed,
+      mesh=mesh)
   results.update(step=step, split=split, checkpoint=checkpoint)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f"eval_{split}.json"), "w") as f:

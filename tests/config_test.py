@@ -43,3 +43,21 @@ def test_config_arguments_are_checked():
     load_config("digits", "tarflow,gaussian")
   with pytest.raises(ValueError, match="needs a value"):
     parse_arg("steps", steps=0)
+
+
+def abstract_parameter_count(config):
+  """Parameter count without allocating: the pod presets have billions."""
+  model = nnx.eval_shape(lambda: build_model(model_config_from_dict(config.model), rngs=nnx.Rngs(0)))
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def test_t2i_presets_span_a_cpu_size_to_billions():
+  counts = {size: abstract_parameter_count(load_config("t2i", f"size={size}"))
+            for size in ("cpu", "base", "large", "xl", "3b")}
+  assert counts["cpu"] < 5e6 < 1e8 < counts["base"] < counts["large"] < counts["xl"] < counts["3b"]
+  assert counts["3b"] > 3e9, counts
+  config = load_config("t2i", "size=base")
+  assert config.model.image.height // config.model.image.patch_size == 16  # 256 tokens
+  assert config.model.dtype == "bfloat16" and load_config("t2i").model.dtype == "float32"
+  with pytest.raises(ValueError, match="unknown size 'huge'"):
+    load_config("t2i", "size=huge")

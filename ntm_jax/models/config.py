@@ -63,6 +63,7 @@ class TransporterConfig:
   # Only the plain TarFlow baseline is label-conditioned: NTM's transporter never is (D3).
   num_classes: int = 0
   dropout: float = 0.0  # residual dropout, training only
+  remat: bool = False  # recompute each layer's activations in the backward pass (less memory, ~1/3 more FLOPs)
 
   def __post_init__(self):
     if self.num_blocks < 0 or self.layers_per_block < 1:
@@ -82,6 +83,7 @@ class PredictorConfig:
   sigma_floor: float = 0.02
   num_classes: int = 0  # 0 = unconditional
   dropout: float = 0.0  # residual dropout, training only
+  remat: bool = False  # recompute each layer's activations in the backward pass (less memory, ~1/3 more FLOPs)
 
   def __post_init__(self):
     if self.depth < 1:

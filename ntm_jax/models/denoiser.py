@@ -36,19 +36,20 @@ class Denoiser(nnx.Module):
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.cfg = cfg
     self.num_tokens = num_tokens
-    self.input_projection = nnx.Linear(token_dim, cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.input_projection = layers.linear(token_dim, cfg.width, ("token_dim", "embed"), dtype=dtype,
+                                          param_dtype=param_dtype, rngs=rngs)
     self.position = layers.PositionEmbedding(num_tokens, cfg.width, param_dtype=param_dtype, rngs=rngs)
     self.class_embedding = (
-        nnx.Embed(cfg.num_classes + 1, cfg.width, param_dtype=param_dtype, rngs=rngs,
-                  embedding_init=nnx.initializers.normal(0.01))
+        layers.embed(cfg.num_classes + 1, cfg.width, param_dtype=param_dtype, rngs=rngs)
         if cfg.num_classes else None)
     self.layers = nnx.List([
         layers.TransformerLayer(cfg.width, cfg.head_dim, cfg.mlp_ratio, dtype=dtype, param_dtype=param_dtype,
                                 rngs=rngs)
         for _ in range(cfg.depth)])
-    self.final_norm = nnx.LayerNorm(cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.head = nnx.Linear(cfg.width, token_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                           kernel_init=nnx.initializers.zeros_init(), bias_init=nnx.initializers.zeros_init())
+    self.final_norm = layers.layer_norm(cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.head = layers.linear(cfg.width, token_dim, ("embed", "token_dim"), dtype=dtype, param_dtype=param_dtype,
+                              rngs=rngs, kernel_init=nnx.initializers.zeros_init(),
+                              bias_init=nnx.initializers.zeros_init())
 
   def __call__(self, u0_BxNxc: jax.Array, labels_B=None) -> jax.Array:
     h = self.input_projection(u0_BxNxc) + self.position()[None]

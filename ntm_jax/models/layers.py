@@ -15,6 +15,32 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ntm_jax import sharding
+
+
+def logical(*names: str | None) -> dict:
+  """Parameter metadata naming each dimension's logical axis; `ntm_jax.sharding` maps it to the mesh."""
+  return {"logical_axes": names}
+
+
+def linear(in_features: int, out_features: int, axes: tuple, *, dtype, param_dtype, rngs: nnx.Rngs,
+           **kwargs) -> nnx.Linear:
+  """nnx.Linear whose kernel has logical axes `axes` and whose bias has the output axis."""
+  return nnx.Linear(in_features, out_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                    kernel_metadata=logical(*axes), bias_metadata=logical(axes[1]), **kwargs)
+
+
+def layer_norm(width: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  """nnx.LayerNorm with replicated scale and bias (tiny, read by every shard)."""
+  return nnx.LayerNorm(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                       scale_metadata=logical("norm"), bias_metadata=logical("norm"))
+
+
+def embed(num_embeddings: int, width: int, *, param_dtype, rngs: nnx.Rngs) -> nnx.Embed:
+  """A class-embedding table [classes + 1, width] initialised at 0.01 N(0, 1)."""
+  return nnx.Embed(num_embeddings, width, param_dtype=param_dtype, rngs=rngs,
+                   embedding_init=nnx.initializers.normal(0.01), embedding_metadata=logical("classes", "embed"))
+
 
 def compute_dtype_at_least_f32(dtype) -> jnp.dtype:
   """The dtype for numerically sensitive sums (softmax, log-dets): never below float32."""
@@ -53,7 +79,11 @@ def block_causal_mask(num_blocks: int, block_size: int, *, within_block_only: bo
 
 
 class Attention(nnx.Module):
-  """Multi-head self-attention with an explicit mask and an optional KV-cached decode path."""
+  """Multi-head self-attention with an explicit mask and an optional KV-cached decode path.
+
+  The projections keep the head axis explicit ([width, 3, heads, head_dim] and [heads, head_dim, width]) so
+  heads shard over the 'tensor' mesh axis without splitting a fused q|k|v dimension.
+  """
 
   def __init__(self, width: int, head_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
     if width % head_dim:
@@ -61,14 +91,23 @@ class Attention(nnx.Module):
     self.num_heads = width // head_dim
     self.head_dim = head_dim
     self.dtype = dtype
-    dense = lambda i, o: nnx.Linear(i, o, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.query_key_value = dense(width, 3 * width)
-    self.output = dense(width, width)
+    # LeCun-normal over the true fan-in (width, and heads x head_dim = width), as nnx.Linear would.
+    qkv_init = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3))
+    out_init = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
+    self.qkv_kernel = nnx.Param(qkv_init(rngs.params(), (width, 3, self.num_heads, head_dim), param_dtype),
+                                **logical("embed", "qkv", "heads", "head_dim"))
+    self.qkv_bias = nnx.Param(jnp.zeros((3, self.num_heads, head_dim), param_dtype),
+                              **logical("qkv", "heads", "head_dim"))
+    self.output_kernel = nnx.Param(out_init(rngs.params(), (self.num_heads, head_dim, width), param_dtype),
+                                   **logical("heads", "head_dim", "embed"))
+    self.output_bias = nnx.Param(jnp.zeros((width,), param_dtype), **logical("embed"))
 
   def _split_heads(self, x_BxLxD):
-    q, k, v = jnp.split(self.query_key_value(x_BxLxD), 3, axis=-1)
-    shape = x_BxLxD.shape[:2] + (self.num_heads, self.head_dim)
-    return q.reshape(shape), k.reshape(shape), v.reshape(shape)
+    kernel = self.qkv_kernel[...].astype(self.dtype)
+    qkv = jnp.einsum("bld,dthk->tblhk", x_BxLxD.astype(self.dtype), kernel)
+    qkv = qkv + self.qkv_bias[...].astype(self.dtype)[:, None, None]
+    qkv = sharding.constrain(qkv, ("qkv", "batch", "tokens", "heads", "head_dim"))
+    return qkv[0], qkv[1], qkv[2]
 
   def _attend(self, q_BxQxHxK, k_BxLxHxK, v_BxLxHxK, mask_QxL):
     softmax_dtype = compute_dtype_at_least_f32(self.dtype)
@@ -79,7 +118,8 @@ class Attention(nnx.Module):
     logits = jnp.where(mask_QxL, logits, jnp.finfo(softmax_dtype).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(v_BxLxHxK.dtype)
     out = jnp.einsum("bhql,blhk->bqhk", weights, v_BxLxHxK)
-    return self.output(out.reshape(out.shape[:2] + (-1,)))
+    out = jnp.einsum("bqhk,hkd->bqd", out, self.output_kernel[...].astype(self.dtype))
+    return out + self.output_bias[...].astype(self.dtype)[None, None]
 
   def __call__(self, x_BxLxD: jax.Array, mask_LxL: jax.Array) -> jax.Array:
     q, k, v = self._split_heads(x_BxLxD)
@@ -98,14 +138,15 @@ class Attention(nnx.Module):
 
 
 class MLP(nnx.Module):
-  """Two-layer GELU feed-forward block."""
+  """Two-layer GELU feed-forward block; the hidden units shard over 'tensor'."""
 
   def __init__(self, width: int, hidden: int, *, dtype, param_dtype, rngs: nnx.Rngs):
-    self.up = nnx.Linear(width, hidden, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.down = nnx.Linear(hidden, width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.up = linear(width, hidden, ("embed", "mlp"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.down = linear(hidden, width, ("mlp", "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.down(jax.nn.gelu(self.up(x)))
+    hidden = sharding.constrain(jax.nn.gelu(self.up(x)), ("batch", "tokens", "mlp"))
+    return self.down(hidden)
 
 
 def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
@@ -124,16 +165,23 @@ class TransformerLayer(nnx.Module):
   """
 
   def __init__(self, width: int, head_dim: int, mlp_ratio: int, *, dtype, param_dtype, rngs: nnx.Rngs,
-               dropout_rate: float = 0.0):
+               dropout_rate: float = 0.0, remat: bool = False):
     self.dropout_rate = dropout_rate
-    norm = lambda: nnx.LayerNorm(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.remat = remat
+    norm = lambda: layer_norm(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.attention_norm = norm()
     self.attention = Attention(width, head_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.mlp_norm = norm()
     self.mlp = MLP(width, mlp_ratio * width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x_BxLxD: jax.Array, mask_LxL: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    if self.remat:  # keep only the layer's input for the backward pass; recompute the rest
+      return nnx.remat(type(self)._apply)(self, x_BxLxD, mask_LxL, dropout_key)
+    return self._apply(x_BxLxD, mask_LxL, dropout_key)
+
+  def _apply(self, x_BxLxD, mask_LxL, dropout_key):
     attention_key, mlp_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
+    x_BxLxD = sharding.constrain(x_BxLxD, ("batch", "tokens", "embed_act"))
     attended = self.attention(self.attention_norm(x_BxLxD), mask_LxL)
     x_BxLxD = x_BxLxD + dropout(attended, self.dropout_rate, attention_key)
     return x_BxLxD + dropout(self.mlp(self.mlp_norm(x_BxLxD)), self.dropout_rate, mlp_key)
@@ -163,8 +211,9 @@ class TimeEmbedding(nnx.Module):
   def __init__(self, num_times: int, width: int, *, dtype, param_dtype, rngs: nnx.Rngs,
                frequency_dim: int = 128):
     self.frequency_dim = frequency_dim
-    self.hidden = nnx.Linear(num_times * frequency_dim, width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.output = nnx.Linear(width, width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.hidden = linear(num_times * frequency_dim, width, ("time_features", "embed"), dtype=dtype,
+                         param_dtype=param_dtype, rngs=rngs)
+    self.output = linear(width, width, ("embed", None), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.param_dtype = param_dtype
 
   def __call__(self, *times_B: jax.Array) -> jax.Array:
@@ -176,7 +225,8 @@ class PositionEmbedding(nnx.Module):
   """Learned embedding of the spatial token position, [N, width], initialised at 0.01 N(0, 1)."""
 
   def __init__(self, num_tokens: int, width: int, *, param_dtype, rngs: nnx.Rngs):
-    self.table = nnx.Param(0.01 * jax.random.normal(rngs.params(), (num_tokens, width), param_dtype))
+    self.table = nnx.Param(0.01 * jax.random.normal(rngs.params(), (num_tokens, width), param_dtype),
+                           **logical("tokens", "embed"))
 
   def __call__(self) -> jax.Array:
     return self.table[...]

@@ -37,21 +37,22 @@ class TrajectoryPredictor(nnx.Module):
                rngs: nnx.Rngs):
     self.cfg = cfg
     self.num_tokens = num_tokens
-    self.input_projection = nnx.Linear(token_dim, cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.input_projection = layers.linear(token_dim, cfg.width, ("token_dim", "embed"), dtype=dtype,
+                                          param_dtype=param_dtype, rngs=rngs)
     self.position = layers.PositionEmbedding(num_tokens, cfg.width, param_dtype=param_dtype, rngs=rngs)
     self.level_embedding = layers.TimeEmbedding(2, cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.class_embedding = (
-        nnx.Embed(cfg.num_classes + 1, cfg.width, param_dtype=param_dtype, rngs=rngs,
-                  embedding_init=nnx.initializers.normal(0.01))
+        layers.embed(cfg.num_classes + 1, cfg.width, param_dtype=param_dtype, rngs=rngs)
         if cfg.num_classes else None)
     self.layers = nnx.List([
         layers.TransformerLayer(cfg.width, cfg.head_dim, cfg.mlp_ratio, dtype=dtype,
-                                param_dtype=param_dtype, rngs=rngs, dropout_rate=cfg.dropout)
+                                param_dtype=param_dtype, rngs=rngs, dropout_rate=cfg.dropout,
+                                remat=cfg.remat)
         for _ in range(cfg.depth)])
-    self.final_norm = nnx.LayerNorm(cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.final_norm = layers.layer_norm(cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     # Zero init: at step 0, h = 0 and delta = 0 (sigma = the posterior scale); also what D9 needs.
-    self.head = nnx.Linear(
-        cfg.width, 2 * token_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+    self.head = layers.linear(
+        cfg.width, 2 * token_dim, ("embed", "token_dim"), dtype=dtype, param_dtype=param_dtype, rngs=rngs,
         kernel_init=nnx.initializers.zeros_init(), bias_init=nnx.initializers.zeros_init())
 
   def attention_mask(self, num_levels: int) -> jax.Array:

@@ -45,23 +45,24 @@ class FlowBlock(nnx.Module):
     self.flip = flip
     self.num_tokens = num_tokens
     self.dtype = dtype
-    self.input_projection = nnx.Linear(token_dim, cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.input_projection = layers.linear(token_dim, cfg.width, ("token_dim", "embed"), dtype=dtype,
+                                          param_dtype=param_dtype, rngs=rngs)
     self.position = layers.PositionEmbedding(num_tokens, cfg.width, param_dtype=param_dtype, rngs=rngs)
     self.time_embedding = (
         layers.TimeEmbedding(1, cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         if cfg.time_conditioned else None)
     self.class_embedding = (
-        nnx.Embed(cfg.num_classes + 1, cfg.width, param_dtype=param_dtype, rngs=rngs,
-                  embedding_init=nnx.initializers.normal(0.01))
+        layers.embed(cfg.num_classes + 1, cfg.width, param_dtype=param_dtype, rngs=rngs)
         if cfg.num_classes else None)
     self.layers = nnx.List([
         layers.TransformerLayer(cfg.width, cfg.head_dim, cfg.mlp_ratio, dtype=dtype,
-                                param_dtype=param_dtype, rngs=rngs, dropout_rate=cfg.dropout)
+                                param_dtype=param_dtype, rngs=rngs, dropout_rate=cfg.dropout,
+                                remat=cfg.remat)
         for _ in range(cfg.layers_per_block)])
-    self.final_norm = nnx.LayerNorm(cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.final_norm = layers.layer_norm(cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     # Zero weights and bias: the block starts as the exact identity (D3, needed by D9).
-    self.output_projection = nnx.Linear(
-        cfg.width, 2 * token_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+    self.output_projection = layers.linear(
+        cfg.width, 2 * token_dim, ("embed", "token_dim"), dtype=dtype, param_dtype=param_dtype, rngs=rngs,
         kernel_init=nnx.initializers.zeros_init(), bias_init=nnx.initializers.zeros_init())
 
   # -- scan order ---------------------------------------------------------------------------------

@@ -1,0 +1,62 @@
+"""--mode=compile: ahead-of-time compilation for a TPU topology (needs libtpu: pip install '.[tpu]')."""
+
+import importlib.util
+import sys
+
+import pytest
+
+from ntm_jax import aot_compile
+from tests.config_test import load_config
+
+needs_libtpu = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None,
+    reason="libtpu is not installed (pip install -c constraints.txt -e '.[tpu]'); CI's default install has no "
+           "libtpu, so the TPU compile runs where it is installed")
+
+
+def tiny_config(topology="v5e:2x2", **mesh):
+  config = load_config("digits", "smoke,conditional")
+  config.mesh.update({"data": 1, "fsdp": -1, **mesh})
+  config.compile.topology = topology
+  return config
+
+
+@needs_libtpu
+def test_compiles_train_step_and_sampler_for_a_tpu_topology():
+  report = aot_compile.compile_for_topology(tiny_config())
+  assert report["chips"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  train_step, sampler = report["programs"]
+  for program in (train_step, sampler):
+    assert 0 < program["per_chip_gib"] < program["hbm_gib"] == 16
+    assert program["tflops_per_chip"] > 0 and 0 < program["mfu_bound"] <= 1
+  assert "train step" in aot_compile.format_report(report)
+
+
+@needs_libtpu
+def test_multi_slice_puts_the_data_axis_across_slices():
+  config = tiny_config(topology="v5e:2x2", data=1, fsdp=-1, dcn_data=2)
+  config.compile.num_slices = 2
+  report = aot_compile.compile_for_topology(config)
+  assert report["chips"] == 8 and report["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
+  assert all(p["per_chip_gib"] > 0 for p in report["programs"])
+
+
+@needs_libtpu
+def test_a_program_bigger_than_hbm_is_refused_with_the_numbers():
+  config = tiny_config()
+  config.data.batch_size = 65536  # activations far beyond a v5e chip's 16 GiB
+  config.model.predictor.update(width=512, head_dim=64)
+  with pytest.raises(aot_compile.CompiledMemoryError,
+                     match=r"train step does not fit in a chip's HBM on v5e:2x2 .*exceeds available HBM"):
+    aot_compile.compile_for_topology(config)
+
+
+def test_unknown_generation_is_named():
+  with pytest.raises(ValueError, match="unknown TPU generation 'v9'"):
+    aot_compile.chip_of("v9:2x2")
+
+
+def test_missing_libtpu_is_a_clear_error(monkeypatch):
+  monkeypatch.setitem(sys.modules, "libtpu", None)  # what `import libtpu` sees when it is not installed
+  with pytest.raises(aot_compile.MissingLibtpuError, match=r"needs libtpu: pip install .*\[tpu\]"):
+    aot_compile.topology_devices("v5e:2x2")
