@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 
-import jax
 import ml_collections
 
 from ntm_jax import optim, sharding
@@ -31,8 +30,7 @@ def restore_ema_params(config: ml_collections.ConfigDict, workdir: str, checkpoi
   model_cfg = model_config_from_dict(config.model)
   graphdef, state = abstract_state(model_cfg, optim.make_optimizer(config.opt, config.train.num_steps))
   if mesh is not None:
-    shardings = sharding.state_shardings(state, sharding.param_shardings(state["params"], mesh), mesh)
-    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    state = sharding.with_shardings(state, sharding.state_shardings(state, mesh))
   if checkpoint == "best":
     best = BestCheckpoint(os.path.join(workdir, "best"), config.eval.best_metric)
     restored, step = best.restore(state["ema"])

@@ -140,25 +140,32 @@ def _path_names(path) -> tuple[str, ...]:
   return tuple(names)
 
 
-def state_shardings(state, params_shardings, mesh: Mesh):
-  """Shardings of a whole train state (arrays or ShapeDtypeStructs).
+def state_shardings(state, mesh: Mesh):
+  """Shardings of a whole train state {"params", ...} (arrays or ShapeDtypeStructs).
 
   A leaf whose path ends with a parameter's path and that has the parameter's shape (the parameters, the
   EMA copy, AdamW's moments) takes the parameter's sharding; everything else (step counters) is replicated.
   """
-  params_leaves = jax.tree_util.tree_flatten_with_path(params_shardings)[0]
-  by_path = {_path_names(path): sharding for path, sharding in params_leaves}
+  params_leaves = jax.tree_util.tree_flatten_with_path(param_shardings(state["params"], mesh))[0]
+  shapes = [leaf.shape for leaf in jax.tree.leaves(state["params"])]
+  by_path = {_path_names(path): (sharding, shape) for (path, sharding), shape in zip(params_leaves, shapes)}
   longest_first = sorted(by_path, key=len, reverse=True)
   replicated = NamedSharding(mesh, PartitionSpec())
 
   def choose(path, leaf):
     names = _path_names(path)
     for candidate in longest_first:
-      if names[len(names) - len(candidate):] == candidate and len(by_path[candidate].spec) <= leaf.ndim:
-        return by_path[candidate]
+      sharding, shape = by_path[candidate]
+      if names[len(names) - len(candidate):] == candidate and leaf.shape == shape:
+        return sharding
     return replicated
 
   return jax.tree_util.tree_map_with_path(choose, state)
+
+
+def with_shardings(abstract_state, shardings):
+  """ShapeDtypeStructs that carry their shardings: what a sharded restore or a compile takes."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings)
 
 
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:

@@ -62,7 +62,7 @@ def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   model_cfg = model_config_from_dict(config.model)
   optimizer = optim.make_optimizer(config.opt, config.train.num_steps)
   graphdef, abstract = train_state.abstract_state(model_cfg, optimizer)
-  state_shardings = sharding.state_shardings(abstract, sharding.param_shardings(abstract["params"], mesh), mesh)
+  state_shardings = sharding.state_shardings(abstract, mesh)
   replicated = NamedSharding(mesh, PartitionSpec())
   batch_sharding = NamedSharding(mesh, sharding.logical_to_spec(("batch",), (config.data.batch_size,), mesh))
   state = None
@@ -70,8 +70,7 @@ def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
     with jax.set_mesh(mesh):
       state = jax.jit(lambda: train_state.initial_state(model_cfg, optimizer, config.seed)[1],
                       out_shardings=state_shardings)()
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract,
-                          state_shardings)
+  abstract = sharding.with_shardings(abstract, state_shardings)
   num_classes = model_cfg.predictor.num_classes if model_cfg.kind == "ntm" else model_cfg.transporter.num_classes
   step_fn = jax.jit(
       functools.partial(
