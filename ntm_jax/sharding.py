@@ -38,6 +38,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("classes", ()),
     ("time_features", ()),
     ("qkv", ()),
+    ("text_dim", ()),             # the text encoder's width (its embeddings are inputs, not parameters)
 )
 _RULES = dict(LOGICAL_AXIS_RULES)
 

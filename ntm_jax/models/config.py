@@ -60,8 +60,9 @@ class TransporterConfig:
   head_dim: int = 64
   mlp_ratio: int = 4
   time_conditioned: bool = True
-  # Only the plain TarFlow baseline is label-conditioned: NTM's transporter never is (D3).
+  # Only the plain TarFlow baseline is label- or text-conditioned: NTM's transporter never is (D3).
   num_classes: int = 0
+  text_dim: int = 0  # > 0: the baseline adds a projection of the sentence embedding to every token
   dropout: float = 0.0  # residual dropout, training only
   remat: bool = False  # recompute each layer's activations in the backward pass (less memory, ~1/3 more FLOPs)
 
@@ -82,12 +83,20 @@ class PredictorConfig:
   markov: bool = False  # attend only to the conditioning level itself (an ablation of D4)
   sigma_floor: float = 0.02
   num_classes: int = 0  # 0 = unconditional
+  # Text conditioning (D4): the encoder's width and the prefix length (padded caption tokens).
+  text_dim: int = 0
+  text_tokens: int = 0
   dropout: float = 0.0  # residual dropout, training only
   remat: bool = False  # recompute each layer's activations in the backward pass (less memory, ~1/3 more FLOPs)
 
   def __post_init__(self):
     if self.depth < 1:
       raise ValueError(f"predictor.depth must be >= 1, got {self.depth}")
+    if (self.text_dim > 0) != (self.text_tokens > 0):
+      raise ValueError(f"predictor.text_dim and text_tokens must both be set or both be 0, got "
+                       f"{self.text_dim} and {self.text_tokens}")
+    if self.text_dim and self.num_classes:
+      raise ValueError("the predictor is conditioned on classes or on text, not both")
     _check_dropout(self.dropout, "predictor")
     if self.sigma_floor < 0:
       raise ValueError(f"predictor.sigma_floor must be >= 0, got {self.sigma_floor}")
@@ -124,6 +133,14 @@ class ModelConfig:
       raise ValueError(f"model.kind must be 'ntm' or 'tarflow', got {self.kind!r}")
     if self.kind == "tarflow" and self.transporter.num_blocks < 1:
       raise ValueError("the tarflow baseline needs transporter.num_blocks >= 1")
+    if self.kind == "ntm" and (self.transporter.num_classes or self.transporter.text_dim):
+      raise ValueError("NTM's transporter is never conditioned on labels or text (D3): condition the predictor")
+
+  @property
+  def condition_kind(self) -> str:
+    """What the model is conditioned on: "none", "label" or "text"."""
+    section = self.predictor if self.kind == "ntm" else self.transporter
+    return "text" if section.text_dim else "label" if section.num_classes else "none"
 
 
 def _dtype(name):

@@ -230,3 +230,19 @@ class PositionEmbedding(nnx.Module):
 
   def __call__(self) -> jax.Array:
     return self.table[...]
+
+
+class SentenceEmbedding(nnx.Module):
+  """A projection of the sentence embedding of a text condition, added to every token like a class
+  embedding; examples without a caption (dropped for guidance) get a learned null embedding instead."""
+
+  def __init__(self, text_dim: int, width: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.projection = linear(text_dim, width, ("text_dim", "embed"), dtype=dtype, param_dtype=param_dtype,
+                             rngs=rngs)
+    self.null = nnx.Param(jnp.zeros((width,), param_dtype), **logical("embed"))
+
+  def __call__(self, condition: dict) -> jax.Array:
+    """[B, width] for a text condition (ntm_jax.conditioning)."""
+    has_text = jnp.any(condition["text_mask"], axis=-1, keepdims=True)
+    projected = self.projection(condition["text_pooled"])
+    return jnp.where(has_text, projected, self.null[...].astype(projected.dtype)[None])

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax import guidance, trajectory
+from ntm_jax import conditioning, guidance, trajectory
 from ntm_jax.models import layers, likelihood, patches
 from ntm_jax.models.config import ModelConfig
 from ntm_jax.models.predictor import TrajectoryPredictor
@@ -33,6 +33,10 @@ class NTM(nnx.Module):
   @property
   def num_classes(self) -> int:
     return self.cfg.predictor.num_classes
+
+  @property
+  def condition_kind(self) -> str:
+    return self.cfg.condition_kind
 
   def time_grid(self, num_steps: int | None = None, dtype=jnp.float32) -> jax.Array:
     """t_0 = 0 < ... < t_T = 1 for T = `num_steps` (default: the config's)."""
@@ -94,7 +98,8 @@ class NTM(nnx.Module):
     step); without it, it is re-run on the whole partially filled trajectory at each step (the reference
     the tests compare against: the block-causal mask hides the not-yet-decoded zero levels). A
     `guidance_scale` w > 0 applies STARFlow's Gaussian guidance (C.10) to every step's (mu, sigma),
-    using the null label for the unconditional branch.
+    using the null label (or the empty caption) for the unconditional branch. `labels_B` is the
+    condition: class labels or a text condition (ntm_jax.conditioning).
 
     Returns a dict with `x0` [B, N, c] (unless `invert` is False: a distilled denoiser replaces the
     inversion), `u` [B, T + 1, N, c], `z` [B, T, N, c] (the standard normal draws, level order), and, if
@@ -110,10 +115,10 @@ class NTM(nnx.Module):
     z = jax.random.normal(step_key, (batch_size, num_levels) + token_shape[1:], dtype)
 
     guided = guidance_scale != 0.0
-    if guided and (not self.num_classes or labels_B is None):
-      raise ValueError("guidance needs a class-conditional model and labels")
-    # Guidance runs the conditional and the unconditional (null label) branch as one batch of 2B.
-    branch_labels = jnp.concatenate([labels_B, jnp.full_like(labels_B, -1)]) if guided else labels_B
+    if guided and (self.condition_kind == "none" or labels_B is None):
+      raise ValueError("guidance needs a conditional model (classes or text) and a condition to guide towards")
+    # Guidance runs the conditional and the unconditional (null) branch as one batch of 2B.
+    branch_labels = conditioning.concat(labels_B, conditioning.null_like(labels_B)) if guided else labels_B
 
     def gaussian_step(mu, sigma):
       if guided:
@@ -126,7 +131,7 @@ class NTM(nnx.Module):
 
     u = jnp.zeros((batch_size, num_levels + 1) + token_shape[1:], u_noise.dtype).at[:, num_levels].set(u_noise)
     if use_cache:
-      caches = self.predictor.init_cache(branches(u_noise).shape[0], num_levels, u_noise.dtype)
+      caches = self.predictor.init_cache(branches(u_noise).shape[0], num_levels, u_noise.dtype, branch_labels)
       for k in range(num_levels, 0, -1):
         mu, sigma, caches = self.predictor.decode_level(branches(u[:, k]), k, times, caches, branch_labels)
         mu, sigma = gaussian_step(mu, sigma)

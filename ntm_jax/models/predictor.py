@@ -1,9 +1,15 @@
 """The trajectory predictor f_P: a block-causal Transformer over all conditioning levels (NTM.md C.4-C.6, D4).
 
 Input: the transported levels u_1..u_T. They are laid out noise to data, [u_T, u_{T-1}, ..., u_1], as T N
-tokens; each token = proj(u) + spatial position + emb(t_k, t_{k-1}) [+ class embedding]. A token of level k
-attends to every token of levels j >= k (itself and noisier) and to none cleaner, so the Gaussian it
-predicts for level k - 1 never depends on level k - 1 or anything cleaner: the exactness condition of C.6.
+tokens; each token = proj(u) + spatial position + emb(t_k, t_{k-1}) [+ class or sentence embedding]. A
+token of level k attends to every token of levels j >= k (itself and noisier) and to none cleaner, so the
+Gaussian it predicts for level k - 1 never depends on level k - 1 or anything cleaner: the exactness
+condition of C.6.
+
+Text (D4): the caption's token embeddings, projected, go in front of the levels as a prefix of
+`text_tokens` tokens that every level attends to (padding and dropped captions are masked out). Prefix
+tokens attend only to the prefix, never to a level, so the prefix cannot carry a cleaner level to a
+noisier one.
 
 Head (D4), for the transition t = t_k -> s = t_{k-1} read at level k:
   mu = c_x(t, s) u_k + c_0(t, s) h,   sigma = sqrt(sigma_post(t, s)^2 + floor^2) exp(4 tanh(delta / 4)).
@@ -16,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax import trajectory
+from ntm_jax import conditioning, trajectory
 from ntm_jax.models import layers
 from ntm_jax.models.config import PredictorConfig
 
@@ -31,7 +37,7 @@ def posterior_head(u_t, h, delta, t, s, sigma_floor: float) -> tuple[jax.Array, 
 
 
 class TrajectoryPredictor(nnx.Module):
-  """f_P: (u_1..u_T, times, labels) -> (mu, sigma) for levels 0..T-1."""
+  """f_P: (u_1..u_T, times, condition) -> (mu, sigma) for levels 0..T-1."""
 
   def __init__(self, cfg: PredictorConfig, num_tokens: int, token_dim: int, *, dtype, param_dtype,
                rngs: nnx.Rngs):
@@ -44,6 +50,13 @@ class TrajectoryPredictor(nnx.Module):
     self.class_embedding = (
         layers.embed(cfg.num_classes + 1, cfg.width, param_dtype=param_dtype, rngs=rngs)
         if cfg.num_classes else None)
+    if cfg.text_dim:
+      self.text_projection = layers.linear(cfg.text_dim, cfg.width, ("text_dim", "embed"), dtype=dtype,
+                                           param_dtype=param_dtype, rngs=rngs)
+      self.text_position = layers.PositionEmbedding(cfg.text_tokens, cfg.width, param_dtype=param_dtype,
+                                                    rngs=rngs)
+      self.sentence_embedding = layers.SentenceEmbedding(cfg.text_dim, cfg.width, dtype=dtype,
+                                                         param_dtype=param_dtype, rngs=rngs)
     self.layers = nnx.List([
         layers.TransformerLayer(cfg.width, cfg.head_dim, cfg.mlp_ratio, dtype=dtype,
                                 param_dtype=param_dtype, rngs=rngs, dropout_rate=cfg.dropout,
@@ -55,18 +68,24 @@ class TrajectoryPredictor(nnx.Module):
         cfg.width, 2 * token_dim, ("embed", "token_dim"), dtype=dtype, param_dtype=param_dtype, rngs=rngs,
         kernel_init=nnx.initializers.zeros_init(), bias_init=nnx.initializers.zeros_init())
 
+  @property
+  def prefix_length(self) -> int:
+    """Tokens in front of the levels: the text prefix (0 without text)."""
+    return self.cfg.text_tokens if self.cfg.text_dim else 0
+
   def attention_mask(self, num_levels: int) -> jax.Array:
     """Block-causal over levels in noise-to-data order (or within-level only for `markov`)."""
     return layers.block_causal_mask(num_levels, self.num_tokens, within_block_only=self.cfg.markov)
 
-  def __call__(self, u_BxTxNxc: jax.Array, times: jax.Array, labels_B=None,
+  def __call__(self, u_BxTxNxc: jax.Array, times: jax.Array, condition=None,
                dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Gaussian parameters for every transition at once.
 
     Args:
       u_BxTxNxc: transported conditioning levels u_1..u_T in level order (index k - 1 holds u_k).
       times: the grid t_0..t_T, shape [T + 1] or per example [B, T + 1].
-      labels_B: int class labels, -1 for the null class; required iff the predictor is conditional.
+      condition: int class labels (-1 = null class) or a text condition (ntm_jax.conditioning); required
+        iff the predictor is conditional.
       dropout_key: enables residual dropout (training only).
 
     Returns:
@@ -75,40 +94,60 @@ class TrajectoryPredictor(nnx.Module):
     batch, num_levels = u_BxTxNxc.shape[:2]
     times_BxK = jnp.broadcast_to(times, (batch, num_levels + 1))
     t_BxT, s_BxT = times_BxK[:, 1:], times_BxK[:, :-1]
-    h = self._embed(u_BxTxNxc, t_BxT, s_BxT, labels_B)
+    h = self._embed(u_BxTxNxc, t_BxT, s_BxT, condition)
     # Noise-to-data order, flattened to one sequence of T N tokens.
     h = jnp.flip(h, axis=1).reshape(batch, num_levels * self.num_tokens, -1)
     mask = self.attention_mask(num_levels)
+    if self.prefix_length:
+      h = jnp.concatenate([self._text_prefix(condition), h], axis=1)
+      mask = self._mask_with_prefix(mask, condition["text_mask"])
     for layer, layer_key in zip(self.layers, layers.split_or_none(dropout_key, len(self.layers))):
       h = layer(h, mask, layer_key)
+    h = h[:, self.prefix_length:]
     out = jnp.flip(self._head(h).reshape(batch, num_levels, self.num_tokens, -1), axis=1)
     return self._gaussian(u_BxTxNxc, out, t_BxT[:, :, None, None], s_BxT[:, :, None, None])
 
   # -- level-by-level decoding with a KV cache over levels (sampling, D6) ------------------------------
-  def init_cache(self, batch: int, num_levels: int, dtype) -> list[layers.KVCache]:
-    """An empty cache for T = `num_levels` levels of N tokens, one per layer."""
-    return [layers.KVCache.zeros(batch, num_levels * self.num_tokens, layer.attention.num_heads,
-                                 layer.attention.head_dim, dtype) for layer in self.layers]
+  def init_cache(self, batch: int, num_levels: int, dtype, condition=None) -> list[layers.KVCache]:
+    """A cache for the prefix and T = `num_levels` levels of N tokens, one per layer; a text prefix is
+    written into it here (prefilled once, then every level reads it)."""
+    length = self.prefix_length + num_levels * self.num_tokens
+    caches = [layers.KVCache.zeros(batch, length, layer.attention.num_heads, layer.attention.head_dim, dtype)
+              for layer in self.layers]
+    if not self.prefix_length:
+      return caches
+    h = self._text_prefix(condition)
+    prefix_mask = self._mask_with_prefix(jnp.zeros((length - self.prefix_length,) * 2, bool),
+                                         condition["text_mask"])[:, :, :self.prefix_length]
+    new_caches = []
+    for layer, cache in zip(self.layers, caches):
+      h, cache = layer.decode(h, cache, 0, prefix_mask)
+      new_caches.append(cache)
+    return new_caches
 
   def decode_level(self, u_k_BxNxc: jax.Array, k: int, times: jax.Array, caches: list[layers.KVCache],
-                   labels_B=None) -> tuple[jax.Array, jax.Array, list[layers.KVCache]]:
+                   condition=None) -> tuple[jax.Array, jax.Array, list[layers.KVCache]]:
     """(mu, sigma) of u_{k-1} from level k, appending level k's keys and values to `caches`.
 
     Levels must be decoded from k = T down to 1 (`k` static). Level k sits at position (T - k) N of the
     noise-to-data sequence and, as in the block-causal mask, sees itself and every noisier level.
     """
     batch, num_tokens = u_k_BxNxc.shape[:2]
-    num_levels = caches[0].keys.shape[1] // num_tokens
-    start = (num_levels - k) * num_tokens
+    prefix = self.prefix_length
+    num_levels = (caches[0].keys.shape[1] - prefix) // num_tokens
+    start = prefix + (num_levels - k) * num_tokens
     times_B = jnp.broadcast_to(times, (batch, num_levels + 1))
     t_Bx1, s_Bx1 = times_B[:, k:k + 1], times_B[:, k - 1:k]
-    h = self._embed(u_k_BxNxc[:, None], t_Bx1, s_Bx1, labels_B)[:, 0]
-    key_positions = jnp.arange(num_levels * num_tokens)
+    h = self._embed(u_k_BxNxc[:, None], t_Bx1, s_Bx1, condition)[:, 0]
+    key_positions = jnp.arange(prefix + num_levels * num_tokens)
     if self.cfg.markov:
       visible = (key_positions >= start) & (key_positions < start + num_tokens)
     else:
-      visible = key_positions < start + num_tokens
+      visible = (key_positions >= prefix) & (key_positions < start + num_tokens)
     mask = jnp.broadcast_to(visible[None, :], (num_tokens, visible.shape[0]))
+    if prefix:  # every level also sees the caption's real tokens
+      text_visible = jnp.pad(condition["text_mask"], ((0, 0), (0, visible.shape[0] - prefix)))
+      mask = (mask[None] | text_visible[:, None, :])[:, None]
     new_caches = []
     for layer, cache in zip(self.layers, caches):
       h, cache = layer.decode(h, cache, start, mask)
@@ -118,16 +157,42 @@ class TrajectoryPredictor(nnx.Module):
     return mu, sigma, new_caches
 
   # -- shared pieces ------------------------------------------------------------------------------------
-  def _embed(self, u_BxTxNxc, t_BxT, s_BxT, labels_B):
-    """Token embeddings [B, T, N, width]: proj(u) + position + emb(t_k, t_{k-1}) [+ class]."""
+  def _text_prefix(self, condition) -> jax.Array:
+    """The caption's prefix tokens [B, P, width]: projected encoder tokens + prefix position."""
+    if not conditioning.is_text(condition):
+      raise ValueError("the predictor is text-conditional: pass a text condition (ntm_jax.conditioning)")
+    tokens = condition["text_tokens"]
+    if tokens.shape[1] != self.prefix_length:
+      raise ValueError(f"the predictor takes {self.prefix_length} text tokens, got {tokens.shape[1]} "
+                       "(set model.predictor.text_tokens to the encoder's max_tokens)")
+    return self.text_projection(tokens) + self.text_position()[None]
+
+  def _mask_with_prefix(self, level_mask: jax.Array, text_mask_BxP: jax.Array) -> jax.Array:
+    """[B, 1, P + TN, P + TN]: levels see the real prefix tokens; prefix tokens see only the prefix (and
+    themselves, so an empty caption's rows are never fully masked)."""
+    batch, prefix = text_mask_BxP.shape
+    num_level_tokens = level_mask.shape[0]
+    prefix_rows = text_mask_BxP[:, None, :] | jnp.eye(prefix, dtype=bool)[None]
+    prefix_rows = jnp.concatenate([prefix_rows, jnp.zeros((batch, prefix, num_level_tokens), bool)], axis=-1)
+    level_rows = jnp.concatenate(
+        [jnp.broadcast_to(text_mask_BxP[:, None, :], (batch, num_level_tokens, prefix)),
+         jnp.broadcast_to(level_mask[None], (batch, num_level_tokens, num_level_tokens))], axis=-1)
+    return jnp.concatenate([prefix_rows, level_rows], axis=1)[:, None]
+
+  def _embed(self, u_BxTxNxc, t_BxT, s_BxT, condition):
+    """Token embeddings [B, T, N, width]: proj(u) + position + emb(t_k, t_{k-1}) [+ class or sentence]."""
     batch, num_levels = u_BxTxNxc.shape[:2]
     level_emb = self.level_embedding(t_BxT.reshape(-1), s_BxT.reshape(-1)).reshape(batch, num_levels, 1, -1)
     h = self.input_projection(u_BxTxNxc) + self.position()[None, None] + level_emb
     if self.class_embedding is not None:
-      if labels_B is None:
+      if condition is None or conditioning.is_text(condition):
         raise ValueError("the predictor is class-conditional: pass labels (-1 for the null class)")
-      labels_B = jnp.where(labels_B < 0, self.cfg.num_classes, labels_B)
+      labels_B = jnp.where(condition < 0, self.cfg.num_classes, condition)
       h = h + self.class_embedding(labels_B)[:, None, None, :]
+    if self.cfg.text_dim:
+      if not conditioning.is_text(condition):
+        raise ValueError("the predictor is text-conditional: pass a text condition (ntm_jax.conditioning)")
+      h = h + self.sentence_embedding(condition)[:, None, None, :]
     return h
 
   def _head(self, h):

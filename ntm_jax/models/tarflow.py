@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ntm_jax import conditioning
 from ntm_jax.models import layers
 from ntm_jax.models.config import TransporterConfig
 
@@ -54,6 +55,9 @@ class FlowBlock(nnx.Module):
     self.class_embedding = (
         layers.embed(cfg.num_classes + 1, cfg.width, param_dtype=param_dtype, rngs=rngs)
         if cfg.num_classes else None)
+    self.text_embedding = (
+        layers.SentenceEmbedding(cfg.text_dim, cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        if cfg.text_dim else None)
     self.layers = nnx.List([
         layers.TransformerLayer(cfg.width, cfg.head_dim, cfg.mlp_ratio, dtype=dtype,
                                 param_dtype=param_dtype, rngs=rngs, dropout_rate=cfg.dropout,
@@ -71,11 +75,16 @@ class FlowBlock(nnx.Module):
 
   from_scan_order = to_scan_order  # a flip is its own inverse
 
-  def _conditioning_Bxd(self, t_B: jax.Array, labels_B: jax.Array | None) -> jax.Array | None:
-    """Embedding added to every token: the level time (transporter) and/or the class (baseline)."""
+  def _conditioning_Bxd(self, t_B: jax.Array, labels_B) -> jax.Array | None:
+    """Embedding added to every token: the level time (transporter) and/or the class or text (baseline)."""
     cond = None
     if self.time_embedding is not None:
       cond = self.time_embedding(t_B)
+    if self.text_embedding is not None:
+      if not conditioning.is_text(labels_B):
+        raise ValueError("this flow is text-conditional: pass a text condition (ntm_jax.conditioning)")
+      text_emb = self.text_embedding(labels_B)
+      cond = text_emb if cond is None else cond + text_emb
     if self.class_embedding is not None:
       if labels_B is None:
         raise ValueError("this flow is class-conditional: pass labels (-1 for the null class)")

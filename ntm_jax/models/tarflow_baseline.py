@@ -33,6 +33,10 @@ class TarFlowBaseline(nnx.Module):
   def num_classes(self) -> int:
     return self.cfg.transporter.num_classes
 
+  @property
+  def condition_kind(self) -> str:
+    return self.cfg.condition_kind
+
   def log_prob(self, x_BxNxc: jax.Array, labels_B=None, dropout_key=None) -> dict[str, jax.Array]:
     """-log p(x | y) per example with its parts `prior` and `flow_logdet` (dropout only with a key)."""
     t_dummy = jnp.zeros(x_BxNxc.shape[:1], x_BxNxc.dtype)
