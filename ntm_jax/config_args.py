@@ -47,18 +47,19 @@ def parse_model_arg(arg: str | None, **defaults: Any) -> dict[str, Any]:
   return args
 
 
-def apply_model_variant(model: dict, variant: str, num_classes: int) -> dict:
+def apply_model_variant(model: dict, variant: str, num_classes: int, text_dim=0) -> dict:
   """The D8 baselines from an NTM model section, at about the same parameter count.
 
   gaussian: f_T = identity (no transporter blocks); the predictor takes their budget (twice as deep).
-  tarflow:  a plain TarFlow of 4 flow blocks with the transporter's block shape.
+  tarflow:  a plain TarFlow of 4 flow blocks with the transporter's block shape; conditioned like TarFlow,
+            by an embedding added to every token (of the class, or of the caption's sentence embedding).
   """
   if variant == "gaussian":
     model["transporter"]["num_blocks"] = 0
     model["predictor"]["depth"] *= 2
   elif variant == "tarflow":
     model["kind"] = "tarflow"
-    model["transporter"].update(num_blocks=4, num_classes=num_classes)
+    model["transporter"].update(num_blocks=4, num_classes=num_classes, text_dim=text_dim)
   return model
 
 

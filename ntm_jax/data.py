@@ -1,11 +1,13 @@
 """Input pipeline: TFDS (array_record) data sources read by grain, integer images out.
 
-The pipeline yields integer images ([B, H, W, C], values 0..K-1) and labels; dequantisation to [-1, 1]
+The pipeline yields integer images ([B, H, W, C], values 0..K-1), labels, and for a text-conditional
+model the caption's text features (ntm_jax.text_features); dequantisation to [-1, 1]
 happens on device inside the jitted step (D5), so the pipeline stays deterministic and its iterator
 state, saved in every checkpoint, replays exactly the batches a resumed run would have seen.
 
 Data sets:
   digits, mnist5k   built locally on first use from data that ship inside packages (ntm_jax.datasets)
+  shapes            captioned scenes drawn by ntm_jax.datasets.shapes, built locally on first use
   folder:PATH       a folder of images (class sub-folders optional), built locally on first use
   any other name    a TFDS data set already prepared in `data.data_dir` (array_record), by name
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import Iterator
 
 import grain
@@ -24,26 +27,42 @@ import tensorflow_datasets as tfds
 from ntm_jax.datasets.digits import Digits
 from ntm_jax.datasets.image_folder import make_image_folder_builder
 from ntm_jax.datasets.mnist5k import Mnist5k
+from ntm_jax.datasets.shapes import Shapes
 from ntm_jax.models.config import ImageConfig
 
 tfds.disable_progress_bar()
 
 # Data sets built from package data on first use: name -> builder class.
-EMBEDDED_BUILDERS = {"digits": Digits, "mnist5k": Mnist5k}
+EMBEDDED_BUILDERS = {"digits": Digits, "mnist5k": Mnist5k, "shapes": Shapes}
 
 
 def default_data_dir() -> str:
   return os.environ.get("NTM_JAX_DATA_DIR", os.path.expanduser("~/.cache/ntm_jax/tensorflow_datasets"))
 
 
+def _keep_image_and_label(example):
+  out = {"image": np.asarray(example["image"], np.int32)}
+  if "label" in example:
+    out["label"] = np.asarray(example["label"], np.int32)
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class DataSource:
-  """One split of a data set: a random-access source of {"image", "label"} examples."""
+  """One split of a data set: a random-access source of examples and how to turn each into model inputs."""
 
   source: object
   num_examples: int
   image_shape: tuple[int, int, int]
   has_labels: bool
+  features: tuple[str, ...] = ()
+  text_features: Callable[[dict], dict] | None = None  # adds text_tokens/mask/pooled (text models)
+
+  def prepare(self, example: dict) -> dict[str, np.ndarray]:
+    out = _keep_image_and_label(example)
+    if self.text_features is not None:
+      out.update(self.text_features(example))
+    return out
 
 
 def load_builder(name: str, data_dir: str = "") -> tfds.core.DatasetBuilder:
@@ -81,7 +100,16 @@ def load_split(name: str, split: str, data_dir: str = "") -> DataSource:
       source=builder.as_data_source(split=split),
       num_examples=builder.info.splits[split].num_examples,
       image_shape=tuple(features["image"].shape),
-      has_labels="label" in features)
+      has_labels="label" in features,
+      features=tuple(features.keys()))
+
+
+def with_text_features(data: DataSource, name: str, encoder: str, max_tokens: int) -> DataSource:
+  """`data` whose examples also carry text features (ntm_jax.text_features) of `max_tokens` tokens."""
+  from ntm_jax import text_features  # pylint: disable=import-outside-toplevel (loads the encoder lazily)
+
+  fn = text_features.make_text_features(data.source, data.num_examples, data.features, encoder, max_tokens, name)
+  return dataclasses.replace(data, text_features=fn)
 
 
 def check_matches_config(data: DataSource, image: ImageConfig, name: str) -> None:
@@ -103,13 +131,6 @@ def check_batch_size(batch_size: int, batch_devices: int | None = None) -> None:
     raise ValueError(f"data.batch_size {batch_size} is not divisible by the {processes} processes")
 
 
-def _keep_image_and_label(example):
-  out = {"image": np.asarray(example["image"], np.int32)}
-  if "label" in example:
-    out["label"] = np.asarray(example["label"], np.int32)
-  return out
-
-
 def train_iterator(data: DataSource, batch_size: int, seed: int,
                    batch_devices: int | None = None) -> grain.DatasetIterator:
   """Endless, seeded, globally shuffled batches of this process's share of `batch_size`.
@@ -124,7 +145,7 @@ def train_iterator(data: DataSource, batch_size: int, seed: int,
              .shuffle()
              [jax.process_index()::jax.process_count()]
              .repeat()
-             .map(_keep_image_and_label)
+             .map(data.prepare)
              .batch(per_process, drop_remainder=True))
   return iter(dataset.to_iter_dataset())
 
@@ -132,7 +153,7 @@ def train_iterator(data: DataSource, batch_size: int, seed: int,
 def eval_batches(data: DataSource, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
   """The whole split once, in order, in batches padded to `batch_size` with a `mask` (1 = real)."""
   for start in range(0, data.num_examples, batch_size):
-    examples = [_keep_image_and_label(data.source[i])
+    examples = [data.prepare(data.source[i])
                 for i in range(start, min(start + batch_size, data.num_examples))]
     real = len(examples)
     examples += [examples[-1]] * (batch_size - real)

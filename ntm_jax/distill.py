@@ -104,6 +104,9 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
   graphdef, params, ntm_step, model_cfg = restore.restore_ema_params(config, workdir, "best")
   if model_cfg.kind != "ntm":
     raise ValueError("distillation needs an NTM checkpoint; the TarFlow baseline has no u-space trajectory")
+  if model_cfg.condition_kind == "text":
+    raise NotImplementedError("distilling a text-conditional NTM is not implemented yet (the denoiser takes "
+                              "class labels only); sample it with the exact inversion")
   num_classes = nnx.merge(graphdef, params).num_classes
   optimizer = optim.make_optimizer(_optimizer_settings(config), spec.num_steps)
   den_graphdef, state = initial_state(build_denoiser(config, model_cfg.image, num_classes, config.seed),

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ntm_jax import bits, data, trajectory
+from ntm_jax import bits, conditioning, data, trajectory
 from ntm_jax.models import patches
 from ntm_jax.models.config import ModelConfig
 
@@ -70,11 +70,12 @@ def evaluate_bits_per_dim(graphdef, params, cfg: ModelConfig, source: data.DataS
     to_device = lambda x: jax.make_array_from_process_local_data(replicated, x)
   else:
     to_device = jnp.asarray
-  conditional = getattr(nnx.merge(graphdef, params), "num_classes", 0) > 0
+  condition_kind = cfg.condition_kind
   per_image = {"elbo": [], "iw": []}
   base_key = jax.random.key(seed)
   for index, batch in enumerate(data.eval_batches(source, batch_size)):
-    labels = to_device(batch["label"]) if conditional else None
+    condition = conditioning.from_batch(batch, condition_kind)
+    labels = jax.tree.map(to_device, condition) if condition is not None else None
     out = bound_fn(params, to_device(batch["image"]), labels, jax.random.fold_in(base_key, index))
     real = batch["mask"] > 0
     for name in per_image:

@@ -17,12 +17,13 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with arguments: configs/digits.py:tarflow,steps=2000.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "distill", "compile"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "distill", "compile", "judge"],
                           "train: train (resuming from the workdir) and evaluate; eval: bits/dim of the "
                           "checkpoint chosen by --eval_checkpoint on --eval_split; sample: a PNG grid and an "
                           ".npz of samples from that checkpoint (settings in config.sample); distill: train the "
                           "light denoiser that replaces the last inversion on the model's own samples; compile: "
-                          "ahead-of-time compilation for the TPU topology in config.compile (needs libtpu).")
+                          "ahead-of-time compilation for the TPU topology in config.compile (needs libtpu); judge: "
+                          "GenEval-style prompt-following scores of a `shapes` text-to-image model (config.judge).")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first: set by the multi-host launchers in launch/ "
     "(on TPU VMs and GKE it finds the coordinator and the process index itself).")
@@ -80,6 +81,12 @@ def _run_mode(train, workdir):
     out = distill.distill(_CONFIG.value, workdir)
     print(f"denoiser step {out['denoiser_step']} (target {out['target']}): held-out MSE {out['held_out_mse']:.5f} "
           f"(identity map: {out['held_out_identity_mse']:.5f}) on fresh samples of NTM step {out['ntm_step']}")
+  elif _MODE.value == "judge":
+    from ntm_jax import shapes_eval
+    results = shapes_eval.judge_checkpoint(_CONFIG.value, workdir, _EVAL_CHECKPOINT.value)
+    print(f"shapes judge, step {results['step']} ({_EVAL_CHECKPOINT.value}), {results['num_prompts']} prompts x "
+          f"{results['samples_per_prompt']} samples, T = {results['num_steps_T']}:")
+    print(shapes_eval.format_results(results))
   elif _MODE.value == "sample":
     from ntm_jax import sample
     out = sample.sample_checkpoint(_CONFIG.value, workdir, _EVAL_CHECKPOINT.value)

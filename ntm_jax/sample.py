@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ntm_jax import denoise as denoise_lib
-from ntm_jax import distill, images, restore, sharding
+from ntm_jax import data, distill, images, restore, sharding, text_features
 from ntm_jax.models import patches
 from ntm_jax.models.config import ModelConfig
 
@@ -71,6 +71,49 @@ def parse_labels(text: str, num_samples: int, num_classes: int):
   return jnp.asarray([values[i % len(values)] for i in range(num_samples)], jnp.int32)
 
 
+def read_prompts(spec) -> list[str]:
+  """Prompts from `sample.prompts` ("a red circle|two blue squares") and/or `sample.prompts_file` (one a line)."""
+  prompts = [p.strip() for p in spec.get("prompts", "").split("|") if p.strip()]
+  path = spec.get("prompts_file", "")
+  if path:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"sample.prompts_file {path!r} does not exist")
+    with open(path) as f:
+      prompts += [line.strip() for line in f if line.strip()]
+  return prompts
+
+
+def default_prompts(config: ml_collections.ConfigDict, num: int) -> list[str]:
+  """Prompts for sample grids when none are given: the fixed evaluation prompts for `shapes`, else the
+  captions of the first examples of the evaluation split."""
+  if config.data.name == "shapes":
+    from ntm_jax import shapes_eval  # pylint: disable=import-outside-toplevel
+    return [p.caption() for p in shapes_eval.fixed_prompts()[:num]]
+  source = data.load_split(config.data.name, config.eval.split, config.data.data_dir)
+  return [text_features.caption_text(source.source[i]["caption"]) for i in range(min(num, source.num_examples))]
+
+
+def sampling_condition(config: ml_collections.ConfigDict, model_cfg: ModelConfig, num_samples: int):
+  """(condition, captions) for `num_samples` samples: class labels from `sample.labels`, or prompts (cycled)
+  encoded by the text encoder; captions is the prompt of each sample (None without text)."""
+  spec = config.sample
+  kind = model_cfg.condition_kind
+  if kind != "text":
+    if read_prompts(spec):
+      raise ValueError("sample.prompts was given but the model is not text-conditional")
+    num_classes = model_cfg.predictor.num_classes if model_cfg.kind == "ntm" else model_cfg.transporter.num_classes
+    return parse_labels(spec.labels, num_samples, num_classes), None
+  if spec.labels:
+    raise ValueError("sample.labels was given but the model is text-conditional: use sample.prompts")
+  prompts = read_prompts(spec) or default_prompts(config, num_samples)
+  captions = [prompts[i % len(prompts)] for i in range(num_samples)]
+  max_tokens = config.text.max_tokens
+  if config.text.encoder != "minilm":
+    raise ValueError("prompts need the MiniLM encoder (text.encoder='minilm'); a model trained on precomputed "
+                     "text embeddings samples from embeddings of the same encoder")
+  return {k: jnp.asarray(v) for k, v in text_features.encode_prompts(captions, max_tokens).items()}, captions
+
+
 def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoint: str = "best") -> dict:
   """--mode=sample: draws `config.sample.num_samples` images from a checkpoint's EMA parameters.
 
@@ -78,18 +121,18 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoin
   the inversion of f_T.
 
   Writes WORKDIR/samples/sample_<step>_T<T>_w<scale>_seed<seed>.png (a grid) and .npz (`images` uint8 and
-  `model_space` float32 [B, H, W, C], `labels`); returns the paths and the sampling time after compilation.
+  `model_space` float32 [B, H, W, C], `labels`, `captions`); returns the paths and the sampling time after compilation.
   """
   mesh = sharding.make_mesh(config.mesh.to_dict())
   graphdef, params, step, model_cfg = restore.restore_ema_params(config, workdir, checkpoint, mesh)
   spec = config.sample
   num_classes = nnx.merge(graphdef, params).num_classes
-  labels = parse_labels(spec.labels, spec.num_samples, num_classes)
+  labels, captions = sampling_condition(config, model_cfg, spec.num_samples)
   num_steps = spec.num_steps or None
   if model_cfg.kind == "tarflow" and num_steps:
     raise ValueError("sample.num_steps applies to NTM; the TarFlow baseline has no trajectory")
   denoiser = None
-  if model_cfg.kind == "ntm" and spec.use_denoiser and not spec.denoise:
+  if model_cfg.kind == "ntm" and spec.use_denoiser and not spec.denoise and model_cfg.condition_kind != "text":
     denoiser = distill.restore_denoiser(config, workdir, model_cfg.image, num_classes)
   sample_fn = make_sample_fn(graphdef, model_cfg, spec.num_samples, temperature=spec.temperature,
                              num_steps=num_steps, guidance_scale=spec.guidance_scale, denoise=spec.denoise,
@@ -108,8 +151,9 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoin
                       + ("_denoised" if spec.denoise else "") + ("_distilled" if denoiser else ""))
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(stem), exist_ok=True)
-    images.save_grid_png(uint8, stem + ".png", scale=4)
+    images.save_grid_png(uint8, stem + ".png", scale=4, captions=captions)
     np.savez(stem + ".npz", images=uint8, model_space=model_space.astype(np.float32),
-             labels=np.asarray(labels) if labels is not None else np.zeros((0,), np.int32))
+             labels=np.asarray(labels) if labels is not None and captions is None else np.zeros((0,), np.int32),
+             captions=np.asarray(captions or [], dtype=str))
   return {"png": stem + ".png", "npz": stem + ".npz", "step": step, "seconds": seconds,
           "images_per_s": spec.num_samples / seconds, "distilled_denoiser_step": denoiser[2] if denoiser else None}

