@@ -103,6 +103,14 @@ def _compile(lowered, name: str, topology: str, mesh):
         f"Shard more (config.mesh.fsdp), use a smaller batch, or a bigger topology.") from error
 
 
+def _text_structs(config, batch_size: int, array_sharding) -> dict:
+  """Abstract text features (ntm_jax.conditioning) of `batch_size` examples."""
+  tokens, dim = config.text.max_tokens, config.text.dim
+  return {"text_tokens": jax.ShapeDtypeStruct((batch_size, tokens, dim), jnp.float32, sharding=array_sharding),
+          "text_mask": jax.ShapeDtypeStruct((batch_size, tokens), jnp.bool_, sharding=array_sharding),
+          "text_pooled": jax.ShapeDtypeStruct((batch_size, dim), jnp.float32, sharding=array_sharding)}
+
+
 def compile_for_topology(config: ml_collections.ConfigDict) -> dict:
   """Compiles the train step and the sampler for `config.compile.topology`; returns the per-chip report."""
   spec = config.compile
@@ -114,9 +122,11 @@ def compile_for_topology(config: ml_collections.ConfigDict) -> dict:
   image = setup.model_cfg.image
   batch = {"image": jax.ShapeDtypeStruct((config.data.batch_size, image.height, image.width, image.channels),
                                          jnp.int32, sharding=NamedSharding(mesh, batch_axes))}
-  if setup.num_classes:
-    batch["label"] = jax.ShapeDtypeStruct((config.data.batch_size,), jnp.int32,
-                                          sharding=NamedSharding(mesh, batch_axes))
+  batch_sharding = NamedSharding(mesh, batch_axes)
+  if setup.condition_kind == "label":
+    batch["label"] = jax.ShapeDtypeStruct((config.data.batch_size,), jnp.int32, sharding=batch_sharding)
+  elif setup.condition_kind == "text":
+    batch.update(_text_structs(config, config.data.batch_size, batch_sharding))
   replicated = NamedSharding(mesh, PartitionSpec())
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
   report = {"topology": spec.topology, "num_slices": spec.num_slices, "chips": len(devices),
@@ -128,8 +138,9 @@ def compile_for_topology(config: ml_collections.ConfigDict) -> dict:
     report["programs"].append(_report(compiled, chip, "train step") | {"compile_s": time.perf_counter() - start})
 
     num_samples = spec.sample_batch_size or config.data.batch_size
-    sample_labels = (jax.ShapeDtypeStruct((num_samples,), jnp.int32, sharding=replicated)
-                     if setup.num_classes else None)
+    sample_labels = {"none": None, "label": jax.ShapeDtypeStruct((num_samples,), jnp.int32, sharding=replicated),
+                     "text": _text_structs(config, num_samples, replicated) if setup.condition_kind == "text"
+                     else None}[setup.condition_kind]
     sample_fn = sample.make_sample_fn(setup.graphdef, setup.model_cfg, num_samples, out_sharding=replicated)
     start = time.perf_counter()
     compiled = _compile(sample_fn.lower(setup.abstract_state["ema"], key, sample_labels), "sampler", spec.topology,

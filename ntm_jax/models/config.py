@@ -82,6 +82,8 @@ class PredictorConfig:
   mlp_ratio: int = 4
   markov: bool = False  # attend only to the conditioning level itself (an ablation of D4)
   sigma_floor: float = 0.02
+  # > 0: h = c_skip(t) u_t + network output, with EDM's c_skip for data of this std (0 = h is the output).
+  x0_skip_data_std: float = 0.0
   num_classes: int = 0  # 0 = unconditional
   # Text conditioning (D4): the encoder's width and the prefix length (padded caption tokens).
   text_dim: int = 0

@@ -12,7 +12,8 @@ tokens attend only to the prefix, never to a level, so the prefix cannot carry a
 noisier one.
 
 Head (D4), for the transition t = t_k -> s = t_{k-1} read at level k:
-  mu = c_x(t, s) u_k + c_0(t, s) h,   sigma = sqrt(sigma_post(t, s)^2 + floor^2) exp(4 tanh(delta / 4)).
+  mu = c_x(t, s) u_k + c_0(t, s) h,   sigma = sqrt(sigma_post(t, s)^2 + floor^2) exp(4 tanh(delta / 4)),
+where h is the network's output, optionally plus c_skip(t) u_k (`x0_skip_data_std`, EDM's skip).
 With f_T = identity and h = x0_hat this is exactly the Gaussian posterior of a flow-matching model.
 """
 
@@ -34,6 +35,13 @@ def posterior_head(u_t, h, delta, t, s, sigma_floor: float) -> tuple[jax.Array, 
   sigma_bar = jnp.sqrt(jnp.square(sigma_post) + sigma_floor * sigma_floor)
   sigma = sigma_bar * jnp.exp(4.0 * jnp.tanh(delta / 4.0))
   return mu, jnp.broadcast_to(sigma, jnp.broadcast_shapes(mu.shape, sigma.shape))
+
+
+def x0_skip_coefficient(t, data_std: float):
+  """EDM's c_skip for x_t = (1 - t) x_0 + t eps: the scale of x_t that best predicts x_0 for data of std
+  `data_std` (c_skip = data_std^2 (1 - t) / ((1 - t)^2 data_std^2 + t^2); 1 / (1 - t) as t -> 0, 0 at t = 1)."""
+  var = data_std * data_std
+  return var * (1.0 - t) / (jnp.square(1.0 - t) * var + jnp.square(t))
 
 
 class TrajectoryPredictor(nnx.Module):
@@ -201,4 +209,9 @@ class TrajectoryPredictor(nnx.Module):
 
   def _gaussian(self, u, out, t, s):
     h_pred, delta = jnp.split(out, 2, axis=-1)
-    return posterior_head(u.astype(out.dtype), h_pred, delta, t, s, self.cfg.sigma_floor)
+    u = u.astype(out.dtype)
+    if self.cfg.x0_skip_data_std:
+      # The network gives only a correction to a scaled copy of u_t (EDM's c_skip): the last step into
+      # t = 0, where mu = h, then needs no copy of the whole token through the network's width.
+      h_pred = h_pred + x0_skip_coefficient(t, self.cfg.x0_skip_data_std) * u
+    return posterior_head(u, h_pred, delta, t, s, self.cfg.sigma_floor)

@@ -1,0 +1,110 @@
+"""Text-to-image on `shapes`: NTM against the `gaussian` and plain TarFlow baselines, and NTM against the
+guidance scale, all scored by the GenEval-style shapes judge on the same fixed prompts, in one run.
+
+  python benchmarks/t2i_shapes.py --ntm_workdir=workdirs/t2i_ntm --gaussian_workdir=workdirs/t2i_gaussian \
+      --tarflow_workdir=workdirs/t2i_tarflow [--scales=0,1,2,3,5]
+
+Each workdir is a `python -m ntm_jax.main --config=configs/t2i.py[:gaussian|:tarflow] --workdir=...` run; each
+row is what `--mode=judge` prints for it (4 steps for NTM and gaussian; TarFlow samples without guidance).
+Also: parameters, the training wall time read from the run's metrics, and how much the caption is worth
+to the likelihood: validation bits/dim (ELBO) with the true captions against shuffled captions. Prints a
+table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import dataclasses
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ntm_jax import data, evaluate, restore, shapes_eval  # noqa: E402
+from ntm_jax.datasets import shapes_scenes  # noqa: E402
+from tests.config_test import abstract_parameter_count, load_config  # noqa: E402
+
+
+def training_minutes(workdir: str) -> float | None:
+  """Wall time of the training run from its metrics (sum of logged steps / steps per second)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return None
+  seconds, last_step = 0.0, 0
+  with open(path) as f:
+    for line in f:
+      row = json.loads(line)
+      rate = row.get("train/steps_per_sec")
+      if rate:
+        seconds += (row["step"] - last_step) / rate
+        last_step = row["step"]
+  return seconds / 60 if seconds else None
+
+
+def caption_gain(config, workdir: str) -> dict[str, float]:
+  """Validation bits/dim (ELBO, M = 1) of the best checkpoint with the true and with shuffled captions."""
+  graphdef, params, _, model_cfg = restore.restore_ema_params(config, workdir, "best")
+  split = data.load_split("shapes", "validation")
+  examples = [split.source[i] for i in range(split.num_examples)]
+  order = np.random.default_rng(0).permutation(len(examples))
+  shuffled = [dict(e, caption=examples[j]["caption"]) for e, j in zip(examples, order)]
+  out = {}
+  for name, rows in (("true", examples), ("shuffled", shuffled)):
+    source = data.with_text_features(dataclasses.replace(split, source=rows), "shapes", config.text.encoder,
+                                     config.text.max_tokens)
+    results = evaluate.evaluate_bits_per_dim(graphdef, params, model_cfg, source, num_levels=config.data.num_levels,
+                                             batch_size=250, seed=config.seed)
+    out[f"bpd_{name}_captions"] = results["bpd_elbo"]
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--ntm_workdir", required=True)
+  parser.add_argument("--gaussian_workdir")
+  parser.add_argument("--tarflow_workdir")
+  parser.add_argument("--scales", default="0,1,2,3,5", help="guidance scales for NTM")
+  parser.add_argument("--prompts_per_category", type=int, default=20)
+  parser.add_argument("--samples_per_prompt", type=int, default=4)
+  parser.add_argument("--out", default="benchmarks/results/t2i_shapes.json")
+  args = parser.parse_args()
+
+  runs = [("ntm", args.ntm_workdir, args.scales), ("gaussian", args.gaussian_workdir, "0"),
+          ("tarflow", args.tarflow_workdir, "0")]
+  rows = []
+  for variant, workdir, scales in runs:
+    if not workdir:
+      continue
+    config = load_config("t2i", "" if variant == "ntm" else variant)
+    config.judge.update(prompts_per_category=args.prompts_per_category, samples_per_prompt=args.samples_per_prompt,
+                        guidance_scales=scales)
+    results = shapes_eval.judge_checkpoint(config, workdir)
+    gain = caption_gain(config, workdir)
+    for scale, scores in results["by_guidance_scale"].items():
+      rows.append({"model": variant, "workdir": workdir, "guidance_scale": float(scale), "step": results["step"],
+                   "parameters": abstract_parameter_count(config), "train_minutes": training_minutes(workdir),
+                   **gain, **scores})
+    print(f"{variant} done", flush=True)
+
+  categories = list(shapes_scenes.CATEGORIES)
+  header = f"{'model':>9} {'params':>8} {'train min':>9} {'w':>4} " + " ".join(f"{c[:12]:>12}" for c in categories)
+  print(header + f" {'overall':>8} {'sample s':>8} {'bpd true/shuffled captions':>27}")
+  for r in rows:
+    minutes = f"{r['train_minutes']:.1f}" if r["train_minutes"] else "-"
+    print(f"{r['model']:>9} {r['parameters'] / 1e6:>7.2f}M {minutes:>9} {r['guidance_scale']:>4g} "
+          + " ".join(f"{r[c]:>12.3f}" for c in categories) + f" {r['overall']:>8.3f} {r['seconds']:>8.1f} "
+          f"{r['bpd_true_captions']:>13.4f} / {r['bpd_shuffled_captions']:.4f}")
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump({"device": str(jax.devices()[0]), "prompts_per_category": args.prompts_per_category,
+               "samples_per_prompt": args.samples_per_prompt, "rows": rows}, f, indent=2)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()

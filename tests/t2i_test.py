@@ -1,0 +1,144 @@
+"""Text-to-image end to end on `shapes`: data builders, text features, training with captions, prompts at
+sampling, the judge mode, and the errors a user can meet (no caption feature, a missing data set)."""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ntm_jax import data, sample, shapes_eval, text_features, train
+from ntm_jax.datasets import mnist5k, shapes_scenes
+from tests.config_test import load_config
+from tests.data_test import write_fake_mnist_csv
+
+pytestmark = pytest.mark.usefixtures("private_data_dir")
+
+
+def t2i_smoke(steps=4):
+  config = load_config("t2i", f"smoke,steps={steps}")
+  config.train.eval_every = 1000
+  config.sample.num_samples = 4
+  return config
+
+
+def test_shapes_builder_has_the_documented_splits_and_captions():
+  splits = {name: data.load_split("shapes", name) for name in ("train", "validation", "test")}
+  assert {k: v.num_examples for k, v in splits.items()} == {"train": 20_000, "validation": 1_000, "test": 1_000}
+  test = splits["test"]
+  assert test.image_shape == (32, 32, 3) and "caption" in test.features and not test.has_labels
+  # The stored images and captions are the scenes the seeded generator draws (TFDS reorders examples).
+  images, prompts = shapes_scenes.make_scenes(1_000, seed=2)
+  expected = {p.caption(): set() for p in prompts}
+  for image, prompt in zip(images, prompts):
+    expected[prompt.caption()].add(image.tobytes())
+  for i in range(0, 1_000, 97):
+    example = test.source[i]
+    assert np.asarray(example["image"]).tobytes() in expected[text_features.caption_text(example["caption"])]
+
+
+def test_captioned_mnist5k_builder(tmp_path, monkeypatch):
+  csv = tmp_path / "mnist_5k.csv.gz"
+  write_fake_mnist_csv(csv, rows=2000)
+  monkeypatch.setattr(mnist5k, "mnist5k_csv_path", lambda: str(csv))
+  source = data.load_split("mnist5k", "validation")
+  captions = {text_features.caption_text(source.source[i]["caption"]) for i in range(source.num_examples)}
+  labels = {int(source.source[i]["label"]) for i in range(source.num_examples)}
+  assert "a handwritten seven" in captions and "the digit 7" in captions and labels == set(range(10))
+  for i in range(20):
+    example = source.source[i]
+    label = int(example["label"])
+    caption = text_features.caption_text(example["caption"])
+    assert caption in {t.format(name=mnist5k.DIGIT_NAMES[label], digit=label) for t in mnist5k.CAPTION_TEMPLATES}
+
+
+def test_caption_table_and_precomputed_embeddings():
+  table = text_features.CaptionTable.encode(["two squares", "a red circle", "two squares"], max_tokens=8)
+  assert len(table.row_of) == 2
+  features = table.features("a red circle")
+  assert features["text_tokens"].shape == (8, 384) and features["text_mask"].sum() == 5  # [CLS] a red circle [SEP]
+  with pytest.raises(KeyError, match="not in the table"):
+    table.features("a blue moon")
+  stored = {"text_embedding": np.ones((3, 4), np.float32), "text_mask": np.array([1, 1, 0])}
+  padded = text_features.precomputed_features(stored, max_tokens=5)
+  np.testing.assert_array_equal(padded["text_mask"], [True, True, False, False, False])
+  np.testing.assert_array_equal(padded["text_tokens"][2:], 0.0)
+  np.testing.assert_allclose(padded["text_pooled"], np.full(4, 0.5))
+  assert text_features.precomputed_features(stored, max_tokens=2)["text_tokens"].shape == (2, 4)
+
+
+def test_text_model_on_a_data_set_without_captions_is_refused(tmp_path):
+  config = t2i_smoke()
+  config.data.name = "digits"
+  config.model.image.update(height=8, width=8, channels=1, patch_size=2)
+  with pytest.raises(ValueError, match="needs a `caption` feature"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_a_named_data_set_that_is_missing_says_how_to_prepare_it(tmp_path):
+  config = load_config("t2i", "smoke,data=my_captions")
+  with pytest.raises(ValueError, match="tfds build my_captions --file_format=array_record"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_t2i_trains_samples_prompts_and_is_judged(tmp_path):
+  workdir = str(tmp_path / "t2i")
+  config = t2i_smoke(steps=4)
+  results = train.train_and_evaluate(config, workdir)
+  assert np.isfinite(results["bpd_elbo"])
+  assert os.path.exists(os.path.join(workdir, "samples", "step_0000004.png"))
+
+  config.sample.prompts = "a red circle left of a blue square|two green triangles"
+  config.sample.guidance_scale = 2.0
+  out = sample.sample_checkpoint(config, workdir)
+  saved = np.load(out["npz"])
+  assert saved["images"].shape == (4, 32, 32, 3)
+  assert list(saved["captions"]) == ["a red circle left of a blue square", "two green triangles"] * 2
+
+  prompts_file = tmp_path / "prompts.txt"
+  prompts_file.write_text("three squares\n\na yellow circle\n")
+  config.sample.prompts, config.sample.prompts_file = "", str(prompts_file)
+  assert list(np.load(sample.sample_checkpoint(config, workdir)["npz"])["captions"]) == [
+      "three squares", "a yellow circle"] * 2
+
+  config.judge.update(prompts_per_category=1, samples_per_prompt=2, batch_size=8, guidance_scales="0,3")
+  judged = shapes_eval.judge_checkpoint(config, workdir)
+  assert set(judged["by_guidance_scale"]) == {"0", "3"}
+  for scores in judged["by_guidance_scale"].values():
+    assert set(shapes_scenes.CATEGORIES) <= set(scores) and 0.0 <= scores["overall"] <= 1.0
+  with open(os.path.join(workdir, "judge_best.json")) as f:
+    assert json.load(f)["num_prompts"] == 6
+  assert os.path.exists(os.path.join(workdir, "judge_best_w3.png"))
+
+  config.sample.labels = "3"
+  with pytest.raises(ValueError, match="text-conditional: use sample.prompts"):
+    sample.sample_checkpoint(config, workdir)
+
+
+def test_fixed_prompts_are_fixed_and_balanced():
+  prompts = shapes_eval.fixed_prompts(5)
+  assert [p.caption() for p in prompts] == [p.caption() for p in shapes_eval.fixed_prompts(5)]
+  counts = {c: sum(p.category == c for p in prompts) for c in shapes_scenes.CATEGORIES}
+  assert set(counts.values()) == {5}
+
+
+def test_prompts_for_a_class_model_are_refused():
+  config = load_config("digits", "smoke,conditional")
+  config.sample.prompts = "a seven"
+  with pytest.raises(ValueError, match="not text-conditional"):
+    sample.sampling_condition(config, train.model_config_from_dict(config.model), 4)
+
+
+def test_precomputed_text_embeddings_flow_through_the_pipeline():
+  examples = [{"image": np.full((2, 2, 3), i, np.uint8), "text_embedding": np.full((3, 5), i + 1.0, np.float32)}
+              for i in range(6)]
+  source = data.DataSource(examples, 6, (2, 2, 3), False, features=("image", "text_embedding"))
+  with_text = data.with_text_features(source, "mine", encoder="precomputed", max_tokens=4)
+  batch = next(data.eval_batches(with_text, 4))
+  assert batch["text_tokens"].shape == (4, 4, 5) and batch["text_mask"].sum() == 12
+  np.testing.assert_allclose(np.linalg.norm(batch["text_pooled"], axis=-1), 1.0, rtol=1e-6)
+  with pytest.raises(ValueError, match="needs a `text_embedding` feature"):
+    data.with_text_features(dataclasses.replace(source, features=("image",)), "mine", "precomputed", 4)
+  with pytest.raises(ValueError, match="unknown text.encoder 't5'"):
+    data.with_text_features(source, "mine", "t5", 4)
