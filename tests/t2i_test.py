@@ -107,9 +107,9 @@ def test_t2i_trains_samples_prompts_and_is_judged(tmp_path):
   assert set(judged["by_guidance_scale"]) == {"0", "3"}
   for scores in judged["by_guidance_scale"].values():
     assert set(shapes_scenes.CATEGORIES) <= set(scores) and 0.0 <= scores["overall"] <= 1.0
-  with open(os.path.join(workdir, "judge_best.json")) as f:
+  with open(os.path.join(workdir, "judge_best_temp1.json")) as f:
     assert json.load(f)["num_prompts"] == 6
-  assert os.path.exists(os.path.join(workdir, "judge_best_w3.png"))
+  assert os.path.exists(os.path.join(workdir, "judge_best_w3_temp1.png"))
 
   config.sample.labels = "3"
   with pytest.raises(ValueError, match="text-conditional: use sample.prompts"):

@@ -125,8 +125,7 @@ class TrajectoryPredictor(nnx.Module):
     if not self.prefix_length:
       return caches
     h = self._text_prefix(condition)
-    prefix_mask = self._mask_with_prefix(jnp.zeros((length - self.prefix_length,) * 2, bool),
-                                         condition["text_mask"])[:, :, :self.prefix_length]
+    prefix_mask = self._prefix_rows(condition["text_mask"], length)[:, None]
     new_caches = []
     for layer, cache in zip(self.layers, caches):
       h, cache = layer.decode(h, cache, 0, prefix_mask)
@@ -180,12 +179,18 @@ class TrajectoryPredictor(nnx.Module):
     themselves, so an empty caption's rows are never fully masked)."""
     batch, prefix = text_mask_BxP.shape
     num_level_tokens = level_mask.shape[0]
-    prefix_rows = text_mask_BxP[:, None, :] | jnp.eye(prefix, dtype=bool)[None]
-    prefix_rows = jnp.concatenate([prefix_rows, jnp.zeros((batch, prefix, num_level_tokens), bool)], axis=-1)
+    prefix_rows = self._prefix_rows(text_mask_BxP, prefix + num_level_tokens)
     level_rows = jnp.concatenate(
         [jnp.broadcast_to(text_mask_BxP[:, None, :], (batch, num_level_tokens, prefix)),
          jnp.broadcast_to(level_mask[None], (batch, num_level_tokens, num_level_tokens))], axis=-1)
     return jnp.concatenate([prefix_rows, level_rows], axis=1)[:, None]
+
+  @staticmethod
+  def _prefix_rows(text_mask_BxP: jax.Array, length: int) -> jax.Array:
+    """[B, P, length]: what each prefix token sees (the real prefix tokens and itself, no level)."""
+    batch, prefix = text_mask_BxP.shape
+    rows = text_mask_BxP[:, None, :] | jnp.eye(prefix, dtype=bool)[None]
+    return jnp.concatenate([rows, jnp.zeros((batch, prefix, length - prefix), bool)], axis=-1)
 
   def _embed(self, u_BxTxNxc, t_BxT, s_BxT, condition):
     """Token embeddings [B, T, N, width]: proj(u) + position + emb(t_k, t_{k-1}) [+ class or sentence]."""
