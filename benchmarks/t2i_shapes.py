@@ -2,7 +2,7 @@
 guidance scale, all scored by the GenEval-style shapes judge on the same fixed prompts, in one run.
 
   python benchmarks/t2i_shapes.py --ntm_workdir=workdirs/t2i_ntm --gaussian_workdir=workdirs/t2i_gaussian \
-      --tarflow_workdir=workdirs/t2i_tarflow [--scales=0,1,2,3,5]
+      --tarflow_workdir=workdirs/t2i_tarflow,workdirs/t2i_tarflow_long [--scales=0,1,2,3,5] [--denoise]
 
 Each workdir is a `python -m ntm_jax.main --config=configs/t2i.py[:gaussian|:tarflow] --workdir=...` run; each
 row is what `--mode=judge` prints for it (4 steps for NTM and gaussian; TarFlow samples without guidance).
@@ -67,7 +67,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--ntm_workdir", required=True)
   parser.add_argument("--gaussian_workdir")
-  parser.add_argument("--tarflow_workdir")
+  parser.add_argument("--tarflow_workdir", help="one or more, comma-separated (for example equal steps and "
+                      "equal wall time)")
   parser.add_argument("--scales", default="0,1,2,3,5", help="guidance scales for NTM")
   parser.add_argument("--prompts_per_category", type=int, default=20)
   parser.add_argument("--samples_per_prompt", type=int, default=4)
@@ -76,8 +77,8 @@ def main():
   parser.add_argument("--out", default="benchmarks/results/t2i_shapes.json")
   args = parser.parse_args()
 
-  runs = [("ntm", args.ntm_workdir, args.scales), ("gaussian", args.gaussian_workdir, "0"),
-          ("tarflow", args.tarflow_workdir, "0")]
+  runs = [("ntm", args.ntm_workdir, args.scales), ("gaussian", args.gaussian_workdir, "0")]
+  runs += [("tarflow", workdir, "0") for workdir in (args.tarflow_workdir or "").split(",") if workdir]
   rows = []
   for variant, workdir, scales in runs:
     if not workdir:
@@ -92,14 +93,14 @@ def main():
       rows.append({"model": variant, "workdir": workdir, "guidance_scale": float(scale), "step": results["step"],
                    "parameters": abstract_parameter_count(config), "train_minutes": training_minutes(workdir),
                    **gain, **scores})
-    print(f"{variant} done", flush=True)
+    print(f"{variant} ({workdir}) done", flush=True)
 
   categories = list(shapes_scenes.CATEGORIES)
-  header = f"{'model':>9} {'params':>8} {'train min':>9} {'w':>4} " + " ".join(f"{c[:12]:>12}" for c in categories)
+  header = f"{'model':>9} {'params':>8} {'steps':>6} {'train min':>9} {'w':>4} " + " ".join(f"{c[:12]:>12}" for c in categories)
   print(header + f" {'overall':>8} {'sample s':>8} {'bpd true/shuffled captions':>27}")
   for r in rows:
     minutes = f"{r['train_minutes']:.1f}" if r["train_minutes"] else "-"
-    print(f"{r['model']:>9} {r['parameters'] / 1e6:>7.2f}M {minutes:>9} {r['guidance_scale']:>4g} "
+    print(f"{r['model']:>9} {r['parameters'] / 1e6:>7.2f}M {r['step']:>6} {minutes:>9} {r['guidance_scale']:>4g} "
           + " ".join(f"{r[c]:>12.3f}" for c in categories) + f" {r['overall']:>8.3f} {r['seconds']:>8.1f} "
           f"{r['bpd_true_captions']:>13.4f} / {r['bpd_shuffled_captions']:.4f}")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
