@@ -48,8 +48,10 @@ def test_markov_predictor_sees_only_its_own_level(x64):
   assert np.all(np.diag(influence) > 1e-6)
 
 
-def test_a_fresh_predictor_outputs_the_posterior_with_x0_hat_zero(x64):
-  model = helpers.tiny_model(0, scale=0.0, num_steps=NUM_STEPS, sigma_floor=0.02)
+@pytest.mark.parametrize("x0_skip", [0.0, 0.5])
+def test_a_fresh_predictor_outputs_the_posterior_with_x0_hat_zero_or_edm_skip(x64, x0_skip):
+  """A zero head gives h = 0, or h = EDM's c_skip(t) u_t with `x0_skip_data_std`; sigma is the posterior's."""
+  model = helpers.tiny_model(0, scale=0.0, num_steps=NUM_STEPS, sigma_floor=0.02, x0_skip_data_std=x0_skip)
   image = model.cfg.image
   u = jax.random.normal(jax.random.key(2), (2, NUM_STEPS, image.num_tokens, image.token_dim), jnp.float64)
   times = model.time_grid(NUM_STEPS, jnp.float64)
@@ -58,19 +60,7 @@ def test_a_fresh_predictor_outputs_the_posterior_with_x0_hat_zero(x64):
     t, s = float(times[k]), float(times[k - 1])
     r = (1 - t) / (1 - s)
     v = t * t - r * r * s * s
-    np.testing.assert_allclose(mu[:, k - 1], r * s * s / (t * t) * u[:, k - 1], atol=1e-14)
+    c_x, c_0 = r * s * s / (t * t), (1 - s) * v / (t * t)
+    c_skip = x0_skip ** 2 * (1 - t) / ((1 - t) ** 2 * x0_skip ** 2 + t * t)
+    np.testing.assert_allclose(mu[:, k - 1], (c_x + c_0 * c_skip) * u[:, k - 1], atol=1e-14)
     np.testing.assert_allclose(sigma[:, k - 1], np.sqrt(v * s * s / (t * t) + 0.02 ** 2), atol=1e-14)
-
-
-def test_x0_skip_adds_edm_c_skip_times_the_level_to_a_fresh_head(x64):
-  model = helpers.tiny_model(0, scale=0.0, num_steps=NUM_STEPS, sigma_floor=0.02, x0_skip_data_std=0.5)
-  image = model.cfg.image
-  u = jax.random.normal(jax.random.key(3), (2, NUM_STEPS, image.num_tokens, image.token_dim), jnp.float64)
-  times = model.time_grid(NUM_STEPS, jnp.float64)
-  mu, _ = model.predictor(u, times)
-  for k in range(1, NUM_STEPS + 1):
-    t, s = float(times[k]), float(times[k - 1])
-    r = (1 - t) / (1 - s)
-    c_x, c_0 = r * s * s / (t * t), (1 - s) * (1 - r * r * s * s / (t * t))
-    c_skip = 0.25 * (1 - t) / ((1 - t) ** 2 * 0.25 + t * t)
-    np.testing.assert_allclose(mu[:, k - 1], (c_x + c_0 * c_skip) * u[:, k - 1], atol=1e-12)
