@@ -24,6 +24,7 @@ import jax
 import numpy as np
 import tensorflow_datasets as tfds
 
+from ntm_jax import text_features
 from ntm_jax.datasets.digits import Digits
 from ntm_jax.datasets.image_folder import make_image_folder_builder
 from ntm_jax.datasets.mnist5k import Mnist5k
@@ -106,8 +107,6 @@ def load_split(name: str, split: str, data_dir: str = "") -> DataSource:
 
 def with_text_features(data: DataSource, name: str, encoder: str, max_tokens: int) -> DataSource:
   """`data` whose examples also carry text features (ntm_jax.text_features) of `max_tokens` tokens."""
-  from ntm_jax import text_features  # pylint: disable=import-outside-toplevel (loads the encoder lazily)
-
   fn = text_features.make_text_features(data.source, data.num_examples, data.features, encoder, max_tokens, name)
   return dataclasses.replace(data, text_features=fn)
 
