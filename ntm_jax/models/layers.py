@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax import sharding
+from ntm_jax import conditioning, sharding
 
 
 def logical(*names: str | None) -> dict:
@@ -243,6 +243,6 @@ class SentenceEmbedding(nnx.Module):
 
   def __call__(self, condition: dict) -> jax.Array:
     """[B, width] for a text condition (ntm_jax.conditioning)."""
-    has_text = jnp.any(condition["text_mask"], axis=-1, keepdims=True)
     projected = self.projection(condition["text_pooled"])
+    has_text = conditioning.has_text(condition)[:, None]
     return jnp.where(has_text, projected, self.null[...].astype(projected.dtype)[None])
