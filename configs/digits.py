@@ -45,8 +45,10 @@ def get_config(arg=None):
   # learning_rate: 1.6e-2 beat 1e-3, 2e-3, 4e-3 and 8e-3 on validation at 1,000 steps (README).
   config.opt = dict(learning_rate=1.6e-2, warmup_steps=200, end_learning_rate_factor=0.01, b1=0.9, b2=0.95,
                     weight_decay=1e-4, clip_norm=1.0, ema_decay=0.999)
+  # pairwise_num_steps "4,8,16": the pairwise (t, s) mode of C.7 (needs model.predictor.markov=True).
   config.train = dict(num_steps=args["steps"] or 2800, log_every=100, eval_every=500,
-                      checkpoint_every=1000, keep_checkpoints=3, label_dropout=0.1)
+                      checkpoint_every=1000, keep_checkpoints=3, label_dropout=0.1,
+                      pairwise_num_steps="")
   config.eval = dict(split="validation", batch_size=360, importance_samples=16, best_metric="bpd_iw")
   # num_steps 0 = the model's T; labels "" = cycle over the classes (conditional models only);
   # denoise = trajectory-score denoising of the result (C.11).

@@ -40,7 +40,8 @@ def get_config(arg=None):
   config.opt = dict(learning_rate=4e-3, warmup_steps=100, end_learning_rate_factor=0.01, b1=0.9, b2=0.95,
                     weight_decay=1e-4, clip_norm=1.0, ema_decay=0.999)
   config.train = dict(num_steps=args["steps"] or 500, log_every=50, eval_every=250,
-                      checkpoint_every=250, keep_checkpoints=3, label_dropout=0.1)
+                      checkpoint_every=250, keep_checkpoints=3, label_dropout=0.1,
+                      pairwise_num_steps="")
   config.eval = dict(split="validation", batch_size=250, importance_samples=1, best_metric="bpd_iw")
   # num_steps 0 = the model's T; labels "" = cycle over the classes (conditional models only);
   # denoise = trajectory-score denoising of the result (C.11).

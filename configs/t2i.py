@@ -84,7 +84,7 @@ def get_config(arg=None):
                     ema_decay=0.9999 if on_tpu else 0.999)
   config.train = dict(num_steps=args["steps"] or (400_000 if on_tpu else 3000), log_every=100,
                       eval_every=5000 if on_tpu else 500, checkpoint_every=2000 if on_tpu else 500,
-                      keep_checkpoints=3, label_dropout=0.1)
+                      keep_checkpoints=3, label_dropout=0.1, pairwise_num_steps="")
   config.eval = dict(split="validation", batch_size=batch_size, importance_samples=1, best_metric="bpd_iw")
   config.sample = dict(num_samples=64, temperature=1.0, guidance_scale=0.0, num_steps=0, seed=0, labels="",
                        prompts="", prompts_file="", denoise=False, use_denoiser=False)

@@ -56,3 +56,10 @@ def concat(first, second):
 def has_text(condition) -> jax.Array:
   """[B] bool: whether each example has a caption (False for a dropped or empty one)."""
   return jnp.any(condition["text_mask"], axis=-1)
+
+
+def repeat_each(condition, times: int):
+  """Each example's condition `times` times in a row ([B] -> [B * times]), for a batch folded with levels."""
+  if condition is None:
+    return None
+  return jax.tree.map(lambda x: jnp.repeat(x, times, axis=0), condition)

@@ -73,3 +73,15 @@ def apply_smoke(config, steps: int) -> None:
   config.sample.num_samples = 16
   config.distill.update(depth=1, width=32, head_dim=16, num_steps=4, batch_size=8, log_every=2,
                         checkpoint_every=2)
+
+
+def load_sibling_config(config_file: str, name: str, arg: str | None = None):
+  """`get_config(arg)` of configs/NAME.py beside `config_file`: configs that build on another one."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"ntm_jax_configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

@@ -103,7 +103,7 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise ValueError(f"distill.target must be one of {TARGETS}, got {spec.target!r}")
   graphdef, params, ntm_step, model_cfg = restore.restore_ema_params(config, workdir, "best")
   if model_cfg.kind != "ntm":
-    raise ValueError("distillation needs an NTM checkpoint; the TarFlow baseline has no u-space trajectory")
+    raise ValueError(f"distillation needs an NTM checkpoint (a u-space trajectory); this one is {model_cfg.kind!r}")
   if model_cfg.condition_kind == "text":
     raise NotImplementedError("distilling a text-conditional NTM is not implemented yet (the denoiser takes "
                               "class labels only); sample it with the exact inversion")

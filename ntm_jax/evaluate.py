@@ -5,7 +5,8 @@ as the variational posterior (t_0 = 0, so x_{t_0} is the dequantised image):
   ELBO = E_q[log p(X)] + H[q(x_{1:T} | x_0)],  H = sum_k (D / 2) log(2 pi e v_k)  (exact),
   IW_M = log (1 / M) sum_m p(X_m) / q(X_m | x_0)  (importance-weighted; IW_1 is the single-sample ELBO,
   and IW_M tightens as M grows).
-The plain TarFlow baseline has an exact log p(x); both of its bounds are that value.
+The plain TarFlow baseline has an exact log p(x); both of its bounds are that value. A flow-matching model
+is bounded the same way through its ancestral Gaussian chain (ntm_jax.models.flow_matching).
 BPD = (-bound + D ln(K / 2)) / (D ln 2) per image, with one dequantisation draw per image; the table
 reports the mean over the split and its standard error.
 """
@@ -87,6 +88,6 @@ def evaluate_bits_per_dim(graphdef, params, cfg: ModelConfig, source: data.DataS
     bpd = bits.bits_per_dim(-np.concatenate(values), cfg.image.num_dims, num_levels)
     results[f"bpd_{name}"] = float(np.mean(bpd))
     results[f"bpd_{name}_se"] = float(np.std(bpd, ddof=1) / math.sqrt(len(bpd)))
-  results["num_steps_T"] = cfg.grid.num_steps if cfg.kind == "ntm" else 0
+  results["num_steps_T"] = cfg.grid.num_steps if cfg.kind != "tarflow" else 0
   results["importance_samples"] = importance_samples
   return results

@@ -2,6 +2,7 @@
 
 NTM: x_1 ~ N(0, I), u_T = f_T(x_1) in one pass, T predictor steps in u-space decoded level by level
 from a KV cache over levels (optionally with Gaussian guidance), then one KV-cached inversion of f_T.
+A flow-matching model (D9) takes T Euler or ancestral steps on the same grid (`sample.sampler`).
 """
 
 from __future__ import annotations
@@ -24,23 +25,28 @@ from ntm_jax.models.config import ModelConfig
 
 def make_sample_fn(graphdef, cfg: ModelConfig, num_samples: int, *, temperature: float = 1.0,
                    num_steps: int | None = None, guidance_scale: float = 0.0, denoise: bool = False,
-                   denoiser_graphdef=None, out_sharding=None):
+                   denoiser_graphdef=None, out_sharding=None, sampler: str = "euler"):
   """A jitted fn(params, key, labels or None[, denoiser_params]) -> images [num_samples, H, W, C], model space.
 
   `denoise` (NTM only) inverts every level of the sampled trajectory in one batch and returns the
   trajectory-score estimate of x_0 at the cleanest noisy level (C.11) instead of the sampled x_0.
   With `denoiser_graphdef` (a distilled denoiser, C.12) x_0 = g_phi(u_0, y): no inversion of f_T at all.
   `out_sharding` (for example replicated over a mesh) lets every process of a multi-host job read the images.
+  `sampler` ("euler" or "ancestral") is the flow-matching model's; NTM and TarFlow ignore it.
   """
   if (denoise or denoiser_graphdef is not None) and cfg.kind != "ntm":
     raise ValueError("denoising needs an NTM (its trajectory); the TarFlow baseline has none")
   if denoise and denoiser_graphdef is not None:
     raise ValueError("choose one of sample.denoise (score denoising) and the distilled denoiser")
+  if cfg.kind == "flow_matching" and guidance_scale:
+    raise ValueError("guidance is not implemented for the flow-matching samplers: set sample.guidance_scale=0")
 
   def sample(params, key, labels, denoiser_params=None):
     model = nnx.merge(graphdef, params)
     if cfg.kind == "tarflow":
       tokens = model.sample(key, num_samples, labels, temperature=temperature)
+    elif cfg.kind == "flow_matching":
+      tokens = model.sample(key, num_samples, labels, num_steps=num_steps, sampler=sampler, temperature=temperature)
     else:
       distilled = denoiser_graphdef is not None
       out = model.sample_trajectory(key, num_samples, labels, num_steps=num_steps, temperature=temperature,
@@ -101,7 +107,7 @@ def sampling_condition(config: ml_collections.ConfigDict, model_cfg: ModelConfig
   if kind != "text":
     if read_prompts(spec):
       raise ValueError("sample.prompts was given but the model is not text-conditional")
-    num_classes = model_cfg.predictor.num_classes if model_cfg.kind == "ntm" else model_cfg.transporter.num_classes
+    num_classes = model_cfg.transporter.num_classes if model_cfg.kind == "tarflow" else model_cfg.predictor.num_classes
     return parse_labels(spec.labels, num_samples, num_classes), None
   if spec.labels:
     raise ValueError("sample.labels was given but the model is text-conditional: use sample.prompts")
@@ -137,7 +143,7 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoin
   sample_fn = make_sample_fn(graphdef, model_cfg, spec.num_samples, temperature=spec.temperature,
                              num_steps=num_steps, guidance_scale=spec.guidance_scale, denoise=spec.denoise,
                              denoiser_graphdef=denoiser[0] if denoiser else None,
-                             out_sharding=NamedSharding(mesh, PartitionSpec()))
+                             out_sharding=NamedSharding(mesh, PartitionSpec()), sampler=spec.get("sampler", "euler"))
   key = jax.random.key(spec.seed)
   # The small denoiser is restored unsharded: replicate it onto the model's mesh.
   denoiser_params = jax.device_put(denoiser[1], NamedSharding(mesh, PartitionSpec())) if denoiser else None
@@ -146,9 +152,10 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoin
   model_space = np.asarray(jax.block_until_ready(compiled(params, key, labels, denoiser_params)))
   seconds = time.perf_counter() - start
   uint8 = images.to_uint8(model_space, config.data.num_levels)
-  steps_label = num_steps or (model_cfg.grid.num_steps if model_cfg.kind == "ntm" else 0)
+  steps_label = num_steps or (model_cfg.grid.num_steps if model_cfg.kind != "tarflow" else 0)
   stem = os.path.join(workdir, "samples", f"sample_{step}_T{steps_label}_w{spec.guidance_scale:g}_seed{spec.seed}"
-                      + ("_denoised" if spec.denoise else "") + ("_distilled" if denoiser else ""))
+                      + ("_denoised" if spec.denoise else "") + ("_distilled" if denoiser else "")
+                      + (f"_{spec.get('sampler', 'euler')}" if model_cfg.kind == "flow_matching" else ""))
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(stem), exist_ok=True)
     images.save_grid_png(uint8, stem + ".png", scale=4, captions=captions)

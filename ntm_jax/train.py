@@ -25,8 +25,8 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ntm_jax import (bits, conditioning, data, evaluate, images, metric_writer, optim, restore, sample, sharding,
-                     train_state)
+from ntm_jax import (bits, conditioning, data, evaluate, from_flow_matching, images, metric_writer, optim, restore,
+                     sample, sharding, train_state)
 from ntm_jax.best_checkpoint import BestCheckpoint
 from ntm_jax.checkpoint import Checkpointer
 from ntm_jax.models import model_config_from_dict
@@ -53,6 +53,9 @@ class TrainingSetup:
   num_classes: int
   condition_kind: str  # "none", "label" or "text"
   num_params: int
+  # Fine-tuning from flow matching (config.init_from): the frozen teacher the step takes as a 4th argument.
+  teacher: from_flow_matching.FlowMatchingRun | None = None
+  teacher_shardings: object = None
 
 
 def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
@@ -73,23 +76,65 @@ def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
       state = jax.jit(lambda: train_state.initial_state(model_cfg, optimizer, config.seed)[1],
                       out_shardings=state_shardings)()
   abstract = sharding.with_shardings(abstract, state_shardings)
-  num_classes = model_cfg.predictor.num_classes if model_cfg.kind == "ntm" else model_cfg.transporter.num_classes
+  num_classes = model_cfg.transporter.num_classes if model_cfg.kind == "tarflow" else model_cfg.predictor.num_classes
+  teacher, teacher_shardings, alignment = _teacher(config, model_cfg, mesh)
   step_fn = jax.jit(
       functools.partial(
           train_step, graphdef=graphdef, optimizer=optimizer, num_levels=config.data.num_levels,
           label_dropout=config.train.label_dropout, condition_kind=model_cfg.condition_kind,
-          ema_decay=config.opt.ema_decay, loss_dims=_loss_dims(model_cfg)),
-      in_shardings=(state_shardings, batch_sharding, replicated),
+          ema_decay=config.opt.ema_decay, loss_dims=_loss_dims(model_cfg),
+          loss_options=_loss_options(config, model_cfg),
+          teacher_graphdef=teacher.graphdef if teacher else None, alignment=alignment),
+      in_shardings=(state_shardings, batch_sharding, replicated) + ((teacher_shardings,) if teacher else ()),
       out_shardings=(state_shardings, replicated),
       donate_argnums=(0,))
   num_params = sum(x.size for x in jax.tree.leaves(abstract["params"]))
   return TrainingSetup(mesh, model_cfg, graphdef, state, abstract, state_shardings, batch_sharding, step_fn,
-                       optimizer, num_classes, model_cfg.condition_kind, num_params)
+                       optimizer, num_classes, model_cfg.condition_kind, num_params, teacher, teacher_shardings)
 
 
-def train_step(state, batch, base_key, *, graphdef, optimizer, num_levels: int, label_dropout: float,
-               condition_kind: str, ema_decay: float, loss_dims: int):
-  """One AdamW step on the exact NLL; returns (new state, metrics). Pure: jit it."""
+def _loss_options(config, model_cfg: ModelConfig) -> dict:
+  """Keyword arguments of the model's loss: the pairwise (t, s) mode of C.7 (`train.pairwise_num_steps`)."""
+  spec = config.train.get("pairwise_num_steps", "")
+  if not spec:
+    return {}
+  try:
+    choices = tuple(int(v) for v in str(spec).split(",") if v.strip())
+  except ValueError:
+    raise ValueError(f"train.pairwise_num_steps must list step counts like '4,8,16', got {spec!r}") from None
+  if model_cfg.kind != "ntm":
+    raise ValueError(f"train.pairwise_num_steps is an NTM training mode; model.kind is {model_cfg.kind!r}")
+  if not model_cfg.predictor.markov:
+    raise ValueError("train.pairwise_num_steps needs model.predictor.markov=True (one transition sees only x_t)")
+  if not choices or min(choices) < 1:
+    raise ValueError(f"train.pairwise_num_steps must list step counts >= 1, got {spec!r}")
+  return {"pairwise_num_steps": choices}
+
+
+def _teacher(config, model_cfg: ModelConfig, mesh):
+  """(run, parameter shardings, (lambda_0, anneal steps)) of `config.init_from.workdir`, or (None, None, None).
+
+  The run's parameters are not loaded here (a compile needs only their shapes): see `load_teacher`.
+  """
+  init_from = config.get("init_from")
+  if not init_from or not init_from.workdir:
+    return None, None, None
+  run = from_flow_matching.read_run(init_from.workdir)
+  from_flow_matching.check_compatible(model_cfg, run.model_cfg)
+  run.graphdef, abstract = train_state.abstract_state(run.model_cfg, optim.make_optimizer(run.config.opt, 1))
+  shardings = sharding.param_shardings(abstract["ema"], mesh)
+  anneal_steps = init_from.alignment_anneal_steps or config.train.num_steps
+  return run, shardings, (float(init_from.alignment_weight), int(anneal_steps))
+
+
+def train_step(state, batch, base_key, teacher_params=None, *, graphdef, optimizer, num_levels: int,
+               label_dropout: float, condition_kind: str, ema_decay: float, loss_dims: int,
+               loss_options: dict | None = None, teacher_graphdef=None, alignment=None):
+  """One AdamW step on the exact NLL; returns (new state, metrics). Pure: jit it.
+
+  With a flow-matching `teacher_graphdef` (and its `teacher_params`), the loss adds the mean alignment of
+  C.8 with weight alignment[0] cosine-annealed to 0 over alignment[1] steps.
+  """
   key = jax.random.fold_in(base_key, state["step"])
   dequant_key, loss_key, drop_key, dropout_key = jax.random.split(key, 4)
   batch_images = bits.dequantize(batch["image"], dequant_key, num_levels)
@@ -97,7 +142,15 @@ def train_step(state, batch, base_key, *, graphdef, optimizer, num_levels: int, 
   labels = conditioning.drop(drop_key, conditioning.from_batch(batch, condition_kind), label_dropout)
 
   def loss_fn(params):
-    return nnx.merge(graphdef, params).loss(loss_key, batch_images, labels, dropout_key=dropout_key)
+    loss, parts = nnx.merge(graphdef, params).loss(loss_key, batch_images, labels, dropout_key=dropout_key,
+                                                   **(loss_options or {}))
+    if teacher_graphdef is not None:
+      teacher = nnx.merge(teacher_graphdef, teacher_params)
+      weight = from_flow_matching.alignment_weight(state["step"], *alignment)
+      aligned = from_flow_matching.mean_alignment_loss(teacher, parts, labels)
+      parts = {**parts, "nll_per_dim": loss, "mean_alignment": aligned, "alignment_weight": weight}
+      loss = loss + weight * aligned
+    return loss, parts
 
   (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
@@ -109,11 +162,13 @@ def train_step(state, batch, base_key, *, graphdef, optimizer, num_levels: int, 
   for name, value in parts.items():
     if value.ndim == 1:  # per-example parts, reported per dimension like the loss
       metrics[f"loss_parts/{name}"] = jnp.mean(value) / loss_dims
+    elif value.ndim == 0:  # scalars: the NLL beside the mean alignment and its weight
+      metrics[name] = value
   return new_state, metrics
 
 
 def _loss_dims(model_cfg: ModelConfig) -> int:
-  levels = model_cfg.grid.num_steps + 1 if model_cfg.kind == "ntm" else 1
+  levels = model_cfg.grid.num_steps + 1 if model_cfg.kind == "ntm" else 1  # flow matching: one x_t
   return levels * model_cfg.image.num_dims
 
 
@@ -178,6 +233,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info("resumed from step %d", restored_step)
     print(f"resumed from checkpoint step {restored_step} in {checkpointer.directory}", flush=True)
   start_step = int(jax.device_get(state["step"]))
+  teacher_args = ()
+  if setup.teacher is not None:
+    # The frozen flow-matching model: the mean-alignment teacher on every step, and the start at step 0.
+    teacher = from_flow_matching.load_run(setup.teacher.workdir, config.init_from.checkpoint, mesh)
+    teacher_args = (teacher.params,)
+    if start_step == 0:
+      params = from_flow_matching.ntm_params_from_flow_matching(graphdef, state["params"], teacher.graphdef,
+                                                                teacher.params)
+      params = jax.device_put(params, setup.state_shardings["params"])
+      state = {**state, "params": params, "ema": jax.tree.map(jnp.copy, params)}
+      print(f"initialised from flow-matching step {teacher.step} ({config.init_from.checkpoint}) in "
+            f"{teacher.workdir}", flush=True)
   if start_step == 0:
     writer.write_hparams({"num_parameters": setup.num_params, "kind": model_cfg.kind})
 
@@ -188,7 +255,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   sample_fn = sample.make_sample_fn(graphdef, model_cfg, config.sample.num_samples,
                                     temperature=config.sample.temperature,
                                     guidance_scale=config.sample.guidance_scale if conditional else 0.0,
-                                    out_sharding=NamedSharding(mesh, PartitionSpec()))
+                                    out_sharding=NamedSharding(mesh, PartitionSpec()),
+                                    sampler=config.sample.get("sampler", "euler"))
   labels_for_grid, captions_for_grid = sample.sampling_condition(config, model_cfg, config.sample.num_samples)
 
   best = BestCheckpoint(os.path.join(workdir, "best"), config.eval.best_metric)
@@ -224,7 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       for step in range(start_step + 1, num_steps + 1):
         local_batch = next(train_iter)
         batch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in local_batch.items()}
-        state, metrics = step_fn(state, batch, base_key)
+        state, metrics = step_fn(state, batch, base_key, *teacher_args)
         loss = float(jax.device_get(metrics["loss"]))
         if not np.isfinite(loss):
           saved = (f"The last good checkpoint (step {last_saved}) in {checkpointer.directory} was left as it was."
@@ -239,7 +307,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           metrics.update(learning_rate=learning_rate(step),
                          steps_per_sec=steps_per_sec, eta_minutes=eta / 60)
           writer.write_scalars(step, {f"train/{k}": v for k, v in metrics.items()})
-          print(f"step {step}/{num_steps} loss {loss:.4f} | {steps_per_sec:.2f} steps/s | "
+          aligned = (f" (nll {metrics['nll_per_dim']:.4f}, mean alignment {metrics['mean_alignment']:.5f} x "
+                     f"{metrics['alignment_weight']:.3f})" if "mean_alignment" in metrics else "")
+          print(f"step {step}/{num_steps} loss {loss:.4f}{aligned} | {steps_per_sec:.2f} steps/s | "
                 f"ETA {eta / 60:.1f} min", flush=True)
           window_start, window_steps = time.perf_counter(), 0
         if step % config.train.checkpoint_every == 0 or step == num_steps:

@@ -19,7 +19,12 @@ def time_grid(num_steps: int, shift: float = 1.0, dtype=jnp.float32) -> jax.Arra
   """t_k = kappa u / (1 + (kappa - 1) u) with u = k / T, k = 0..T; t_0 = 0 and t_T = 1 exactly."""
   if num_steps < 1:
     raise ValueError(f"the number of steps T must be >= 1, got {num_steps}")
-  u = jnp.arange(num_steps + 1, dtype=dtype) / num_steps
+  return grid_time(jnp.arange(num_steps + 1, dtype=dtype), num_steps, shift)
+
+
+def grid_time(k, num_steps, shift: float = 1.0):
+  """t_k of the grid with T = `num_steps`, elementwise: k and T may be arrays (one grid per example)."""
+  u = k / num_steps
   return shift * u / (1.0 + (shift - 1.0) * u)
 
 

@@ -84,6 +84,9 @@ class PredictorConfig:
   sigma_floor: float = 0.02
   # > 0: h = c_skip(t) u_t + network output, with EDM's c_skip for data of this std (0 = h is the output).
   x0_skip_data_std: float = 0.0
+  # What the network's first output is: "x0" (h itself) or "velocity" v, with h = u_t - t v: the
+  # flow-matching parameterisation, which an NTM initialised from a flow-matching model needs (D9).
+  prediction: str = "x0"
   num_classes: int = 0  # 0 = unconditional
   # Text conditioning (D4): the encoder's width and the prefix length (padded caption tokens).
   text_dim: int = 0
@@ -100,6 +103,11 @@ class PredictorConfig:
     if self.text_dim and self.num_classes:
       raise ValueError("the predictor is conditioned on classes or on text, not both")
     _check_dropout(self.dropout, "predictor")
+    if self.prediction not in ("x0", "velocity"):
+      raise ValueError(f"predictor.prediction must be 'x0' or 'velocity', got {self.prediction!r}")
+    if self.prediction == "velocity" and self.x0_skip_data_std:
+      raise ValueError("predictor.x0_skip_data_std is for prediction='x0': a velocity already carries the skip "
+                       "(h = u_t - t v)")
     if self.sigma_floor < 0:
       raise ValueError(f"predictor.sigma_floor must be >= 0, got {self.sigma_floor}")
 
@@ -118,12 +126,17 @@ class GridConfig:
       raise ValueError(f"grid.shift must be > 0, got {self.shift}")
 
 
+KINDS = ("ntm", "tarflow", "flow_matching")
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Everything needed to build an `NTM` or a `TarFlowBaseline`."""
 
   image: ImageConfig
-  kind: str = "ntm"  # "ntm" (gaussian = ntm with transporter.num_blocks = 0) or "tarflow"
+  # "ntm" (gaussian = ntm with transporter.num_blocks = 0), "tarflow", or "flow_matching" (the predictor
+  # backbone as a velocity network, D9; it uses the image, grid and predictor sections only).
+  kind: str = "ntm"
   grid: GridConfig = GridConfig()
   transporter: TransporterConfig = TransporterConfig()
   predictor: PredictorConfig = PredictorConfig()
@@ -131,17 +144,19 @@ class ModelConfig:
   param_dtype: Any = jnp.float32
 
   def __post_init__(self):
-    if self.kind not in ("ntm", "tarflow"):
-      raise ValueError(f"model.kind must be 'ntm' or 'tarflow', got {self.kind!r}")
+    if self.kind not in KINDS:
+      raise ValueError(f"model.kind must be one of {KINDS}, got {self.kind!r}")
     if self.kind == "tarflow" and self.transporter.num_blocks < 1:
       raise ValueError("the tarflow baseline needs transporter.num_blocks >= 1")
-    if self.kind == "ntm" and (self.transporter.num_classes or self.transporter.text_dim):
+    if self.kind != "tarflow" and (self.transporter.num_classes or self.transporter.text_dim):
       raise ValueError("NTM's transporter is never conditioned on labels or text (D3): condition the predictor")
+    if self.kind == "flow_matching" and self.predictor.prediction != "velocity":
+      raise ValueError("a flow_matching model predicts velocity: set model.predictor.prediction='velocity'")
 
   @property
   def condition_kind(self) -> str:
     """What the model is conditioned on: "none", "label" or "text"."""
-    section = self.predictor if self.kind == "ntm" else self.transporter
+    section = self.transporter if self.kind == "tarflow" else self.predictor
     return "text" if section.text_dim else "label" if section.num_classes else "none"
 
 

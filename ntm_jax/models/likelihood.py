@@ -37,7 +37,7 @@ def trajectory_nll_parts(x_noise_Bx_: jax.Array, u_targets_BxTx_: jax.Array, mu_
 
   Returns:
     dict with the summed parts `prior`, `gaussian`, `log_sigma_p`, `transporter_logdet` and `nll` [B],
-    `transition_nll` [B, T] (-log p(x_{k-1} | x_{>=k}) at index k - 1) and `z` [B, T, ...].
+    `transition_nll` [B, T] (-log p(x_{k-1} | x_{>=k}) at index k - 1), `z` and `mu` [B, T, ...].
   """
   z = (u_targets_BxTx_ - mu_BxTx_) / sigma_BxTx_
   batch, num_levels = z.shape[:2]
@@ -55,4 +55,5 @@ def trajectory_nll_parts(x_noise_Bx_: jax.Array, u_targets_BxTx_: jax.Array, mu_
       "transition_nll": transition_nll_BxT,
       "nll": prior + jnp.sum(transition_nll_BxT, axis=1),
       "z": z,
+      "mu": mu_BxTx_,
   }

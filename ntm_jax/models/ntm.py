@@ -7,6 +7,8 @@ The `gaussian` baseline of D8 is this model with `transporter.num_blocks = 0` (f
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -68,25 +70,69 @@ class NTM(nnx.Module):
     mu, sigma = self.predictor(u[:, 1:], times_K, labels_B, predictor_key)
     return likelihood.trajectory_nll_parts(x_BxKxNxc[:, -1], u[:, :-1], mu, sigma, logdet[:, :-1])
 
-  def trajectory_nll(self, key: jax.Array, x0_BxNxc: jax.Array, labels_B=None, num_steps: int | None = None,
-                     dropout_key: jax.Array | None = None):
-    """Draws X ~ q(X | x_0) on the grid and returns the parts of -log p(X | y) (per example)."""
-    times = self.time_grid(num_steps, x0_BxNxc.dtype)
-    return self.trajectory_log_prob(trajectory.sample_trajectory(key, x0_BxNxc, times), times, labels_B,
-                                    dropout_key)
-
-  def loss(self, key: jax.Array, images_BxHxWxC: jax.Array, labels_B=None, dropout_key: jax.Array | None = None):
+  def loss(self, key: jax.Array, images_BxHxWxC: jax.Array, labels_B=None, dropout_key: jax.Array | None = None,
+           pairwise_num_steps: tuple[int, ...] = ()):
     """Training loss: the trajectory NLL per dimension, -log p(X | y) / ((T + 1) D), batch mean (D5).
 
-    Returns (loss, parts) with the per-example parts of `trajectory_log_prob`; `dropout_key` enables
-    the configured dropout.
+    Returns (loss, parts) with the per-example parts of `trajectory_log_prob`, plus `conditioning_x`
+    [B, T, N, c] (x_{t_k} at index k - 1), `times` [B, T + 1] and `mu` [B, T, N, c] for the mean alignment
+    of C.8. `dropout_key` enables the configured dropout. With `pairwise_num_steps` (for example (4, 8, 16))
+    each example is one transition of a randomly drawn grid instead (C.7 pairwise mode, `pairwise_nll`).
     """
     image = self.cfg.image
     patches.check_images(images_BxHxWxC, image)
     x0 = patches.patchify(images_BxHxWxC, image.patch_size)
-    parts = self.trajectory_nll(key, x0, labels_B, dropout_key=dropout_key)
+    if pairwise_num_steps:
+      parts = self.pairwise_nll(key, x0, pairwise_num_steps, labels_B, dropout_key=dropout_key)
+      per_dim = parts["nll"] / ((parts.pop("num_steps_T") + 1) * image.num_dims)
+      return jnp.mean(per_dim), parts
+    times = self.time_grid(None, x0.dtype)
+    x = trajectory.sample_trajectory(key, x0, times)
+    parts = self.trajectory_log_prob(x, times, labels_B, dropout_key)
+    parts.update(conditioning_x=x[:, 1:], times=jnp.broadcast_to(times, (x.shape[0], times.shape[0])))
     num_levels = self.cfg.grid.num_steps + 1
     return jnp.mean(parts["nll"]) / (num_levels * image.num_dims), parts
+
+  def pairwise_nll(self, key: jax.Array, x0_BxNxc: jax.Array, num_steps_choices: tuple[int, ...], labels_B=None,
+                   dropout_key: jax.Array | None = None, num_steps_B: jax.Array | None = None):
+    """C.7 pairwise mode: an unbiased one-transition estimate of each example's trajectory NLL.
+
+    Per example: T from `num_steps_choices` (or `num_steps_B`), k uniform in 1..T, t = t_k, s = t_{k-1};
+    x_s = (1 - s) x_0 + s eps_1 and x_t = r x_s + sqrt(v) eps_2 (the chain's exact pair marginal). Then
+      nll = E[prior] + T (-log p(x_s | x_t)),
+    whose expectation over k and the noise is E[-log p(X)] on that grid, because a Markov model's
+    trajectory NLL is the prior plus its T transitions. The prior enters as its expectation
+    D/2 (1 + log 2 pi) (it has no parameters). Needs `predictor.markov`: a block-causal predictor's
+    transition also reads the noisier levels, which a pair does not have.
+    """
+    if not self.cfg.predictor.markov:
+      raise ValueError("pairwise training needs model.predictor.markov=True (one transition sees only x_t)")
+    batch = x0_BxNxc.shape[0]
+    choice_key, level_key, noise_key = jax.random.split(key, 3)
+    if num_steps_B is None:
+      choices = jnp.asarray(num_steps_choices, jnp.int32)
+      num_steps_B = choices[jax.random.randint(choice_key, (batch,), 0, choices.shape[0])]
+    k_B = jax.random.randint(level_key, (batch,), 1, num_steps_B + 1)
+    dtype = x0_BxNxc.dtype
+    t_B = trajectory.grid_time(k_B.astype(dtype), num_steps_B.astype(dtype), self.cfg.grid.shift)
+    s_B = trajectory.grid_time((k_B - 1).astype(dtype), num_steps_B.astype(dtype), self.cfg.grid.shift)
+    eps_s, eps_t = jax.random.normal(noise_key, (2,) + x0_BxNxc.shape, dtype)
+    column = lambda a: a[:, None, None]
+    x_s = column(1.0 - s_B) * x0_BxNxc + column(s_B) * eps_s
+    r, v = trajectory.transition(t_B, s_B)
+    x_t = column(r) * x_s + column(jnp.sqrt(v)) * eps_t
+    times_Bx2 = jnp.stack([s_B, t_B], axis=1)
+    parts = self.trajectory_log_prob(jnp.stack([x_s, x_t], axis=1), times_Bx2, labels_B, dropout_key)
+    scale = num_steps_B.astype(parts["nll"].dtype)
+    expected_prior = 0.5 * x0_BxNxc[0].size * (1.0 + math.log(2 * math.pi))
+    transition = parts["transition_nll"][:, 0]
+    return {
+        "prior": jnp.full((batch,), expected_prior, transition.dtype),
+        "gaussian": scale * parts["gaussian"], "log_sigma_p": scale * parts["log_sigma_p"],
+        "transporter_logdet": scale * parts["transporter_logdet"],
+        "transition_nll": transition, "nll": expected_prior + scale * transition, "num_steps_T": num_steps_B,
+        "mu": parts["mu"], "conditioning_x": x_t[:, None], "times": times_Bx2,
+    }
 
   def sample_trajectory(self, key: jax.Array, batch_size: int, labels_B=None, *, num_steps: int | None = None,
                         temperature: float = 1.0, guidance_scale: float = 0.0, use_cache: bool = True,

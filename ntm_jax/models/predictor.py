@@ -13,8 +13,9 @@ noisier one.
 
 Head (D4), for the transition t = t_k -> s = t_{k-1} read at level k:
   mu = c_x(t, s) u_k + c_0(t, s) h,   sigma = sqrt(sigma_post(t, s)^2 + floor^2) exp(4 tanh(delta / 4)),
-where h is the network's output, optionally plus c_skip(t) u_k (`x0_skip_data_std`, EDM's skip).
-With f_T = identity and h = x0_hat this is exactly the Gaussian posterior of a flow-matching model.
+where h is the network's output, optionally plus c_skip(t) u_k (`x0_skip_data_std`, EDM's skip), or, with
+`prediction="velocity"`, h = u_k - t v for the network's velocity v. With f_T = identity and h = x0_hat this
+is exactly the Gaussian posterior of a flow-matching model (D9).
 """
 
 from __future__ import annotations
@@ -99,6 +100,16 @@ class TrajectoryPredictor(nnx.Module):
     Returns:
       (mu, sigma), each [B, T, N, c] in level order: index k - 1 is the Gaussian over u_{k-1}.
     """
+    out = self.network_output(u_BxTxNxc, times, condition, dropout_key)
+    times_BxK = jnp.broadcast_to(times, (u_BxTxNxc.shape[0], u_BxTxNxc.shape[1] + 1))
+    return self._gaussian(u_BxTxNxc, out, times_BxK[:, 1:, None, None], times_BxK[:, :-1, None, None])
+
+  def network_output(self, u_BxTxNxc: jax.Array, times: jax.Array, condition=None,
+                     dropout_key: jax.Array | None = None) -> jax.Array:
+    """The raw head output [B, T, N, 2c] (h or velocity, then delta), before the Gaussian of `__call__`.
+
+    The flow-matching model reads its velocity here, with one level and times (t, t).
+    """
     batch, num_levels = u_BxTxNxc.shape[:2]
     times_BxK = jnp.broadcast_to(times, (batch, num_levels + 1))
     t_BxT, s_BxT = times_BxK[:, 1:], times_BxK[:, :-1]
@@ -112,8 +123,7 @@ class TrajectoryPredictor(nnx.Module):
     for layer, layer_key in zip(self.layers, layers.split_or_none(dropout_key, len(self.layers))):
       h = layer(h, mask, layer_key)
     h = h[:, self.prefix_length:]
-    out = jnp.flip(self._head(h).reshape(batch, num_levels, self.num_tokens, -1), axis=1)
-    return self._gaussian(u_BxTxNxc, out, t_BxT[:, :, None, None], s_BxT[:, :, None, None])
+    return jnp.flip(self._head(h).reshape(batch, num_levels, self.num_tokens, -1), axis=1)
 
   # -- level-by-level decoding with a KV cache over levels (sampling, D6) ------------------------------
   def init_cache(self, batch: int, num_levels: int, dtype, condition=None) -> list[layers.KVCache]:
@@ -215,6 +225,8 @@ class TrajectoryPredictor(nnx.Module):
   def _gaussian(self, u, out, t, s):
     h_pred, delta = jnp.split(out, 2, axis=-1)
     u = u.astype(out.dtype)
+    if self.cfg.prediction == "velocity":
+      h_pred = u - t * h_pred  # x0_hat = x_t - t v for x_t = (1 - t) x_0 + t eps and v = eps - x_0
     if self.cfg.x0_skip_data_std:
       # The network gives only a correction to a scaled copy of u_t (EDM's c_skip): the last step into
       # t = 0, where mu = h, then needs no copy of the whole token through the network's width.
