@@ -134,7 +134,8 @@ def compile_for_topology(config: ml_collections.ConfigDict) -> dict:
             "programs": []}
   with jax.set_mesh(mesh):
     start = time.perf_counter()
-    compiled = _compile(setup.step_fn.lower(setup.abstract_state, batch, key), "train step", spec.topology, mesh)
+    compiled = _compile(setup.step_fn.lower(setup.abstract_state, batch, key, *setup.step_arguments), "train step",
+                        spec.topology, mesh)
     report["programs"].append(_report(compiled, chip, "train step") | {"compile_s": time.perf_counter() - start})
 
     num_samples = spec.sample_batch_size or config.data.batch_size

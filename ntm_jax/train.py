@@ -53,9 +53,15 @@ class TrainingSetup:
   num_classes: int
   condition_kind: str  # "none", "label" or "text"
   num_params: int
-  # Fine-tuning from flow matching (config.init_from): the frozen teacher the step takes as a 4th argument.
+  # Fine-tuning from flow matching (config.init_from): the frozen teacher the step takes as a 4th argument
+  # (its config and graphdef here; its parameters as ShapeDtypeStructs with their shardings).
   teacher: from_flow_matching.FlowMatchingRun | None = None
-  teacher_shardings: object = None
+  teacher_abstract_params: object = None
+
+  @property
+  def step_arguments(self) -> tuple:
+    """The step's abstract arguments after the state: what `--mode=compile` lowers it with."""
+    return (self.teacher_abstract_params,) if self.teacher else ()
 
 
 def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
@@ -77,7 +83,7 @@ def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                       out_shardings=state_shardings)()
   abstract = sharding.with_shardings(abstract, state_shardings)
   num_classes = model_cfg.transporter.num_classes if model_cfg.kind == "tarflow" else model_cfg.predictor.num_classes
-  teacher, teacher_shardings, alignment = _teacher(config, model_cfg, mesh)
+  teacher, teacher_abstract, alignment = _teacher(config, model_cfg, mesh)
   step_fn = jax.jit(
       functools.partial(
           train_step, graphdef=graphdef, optimizer=optimizer, num_levels=config.data.num_levels,
@@ -85,12 +91,13 @@ def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
           ema_decay=config.opt.ema_decay, loss_dims=_loss_dims(model_cfg),
           loss_options=_loss_options(config, model_cfg),
           teacher_graphdef=teacher.graphdef if teacher else None, alignment=alignment),
-      in_shardings=(state_shardings, batch_sharding, replicated) + ((teacher_shardings,) if teacher else ()),
+      in_shardings=(state_shardings, batch_sharding, replicated) + (
+          (jax.tree.map(lambda x: x.sharding, teacher_abstract),) if teacher else ()),
       out_shardings=(state_shardings, replicated),
       donate_argnums=(0,))
   num_params = sum(x.size for x in jax.tree.leaves(abstract["params"]))
   return TrainingSetup(mesh, model_cfg, graphdef, state, abstract, state_shardings, batch_sharding, step_fn,
-                       optimizer, num_classes, model_cfg.condition_kind, num_params, teacher, teacher_shardings)
+                       optimizer, num_classes, model_cfg.condition_kind, num_params, teacher, teacher_abstract)
 
 
 def _loss_options(config, model_cfg: ModelConfig) -> dict:
@@ -112,9 +119,8 @@ def _loss_options(config, model_cfg: ModelConfig) -> dict:
 
 
 def _teacher(config, model_cfg: ModelConfig, mesh):
-  """(run, parameter shardings, (lambda_0, anneal steps)) of `config.init_from.workdir`, or (None, None, None).
-
-  The run's parameters are not loaded here (a compile needs only their shapes): see `load_teacher`.
+  """(run, its parameters as sharded ShapeDtypeStructs, (lambda_0, anneal steps)) of `config.init_from.workdir`,
+  or (None, None, None). The parameters themselves are restored by the train loop (a compile needs only shapes).
   """
   init_from = config.get("init_from")
   if not init_from or not init_from.workdir:
@@ -122,9 +128,9 @@ def _teacher(config, model_cfg: ModelConfig, mesh):
   run = from_flow_matching.read_run(init_from.workdir)
   from_flow_matching.check_compatible(model_cfg, run.model_cfg)
   run.graphdef, abstract = train_state.abstract_state(run.model_cfg, optim.make_optimizer(run.config.opt, 1))
-  shardings = sharding.param_shardings(abstract["ema"], mesh)
+  params = sharding.with_shardings(abstract["ema"], sharding.param_shardings(abstract["ema"], mesh))
   anneal_steps = init_from.alignment_anneal_steps or config.train.num_steps
-  return run, shardings, (float(init_from.alignment_weight), int(anneal_steps))
+  return run, params, (float(init_from.alignment_weight), int(anneal_steps))
 
 
 def train_step(state, batch, base_key, teacher_params=None, *, graphdef, optimizer, num_levels: int,
