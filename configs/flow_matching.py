@@ -24,7 +24,7 @@ def get_config(arg=None):
   model.predictor.update(prediction="velocity", markov=True)
   config.sample.sampler = "euler"
   if not args["smoke"]:
-    config.train.update(num_steps=args["steps"] or 2000, eval_every=250, checkpoint_every=500)
+    config.train.update(num_steps=args["steps"] or 1500, eval_every=250, checkpoint_every=500)
   elif args["steps"]:
     config.train.num_steps = args["steps"]
   return config
