@@ -19,15 +19,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax import conditioning, trajectory
+from ntm_jax import conditioning
 from ntm_jax.models import likelihood, patches
 from ntm_jax.models.config import ModelConfig
+from ntm_jax.models.grid_model import GridModel
 from ntm_jax.models.predictor import TrajectoryPredictor, posterior_head
 
 SAMPLERS = ("euler", "ancestral")
 
 
-class FlowMatching(nnx.Module):
+class FlowMatching(GridModel):
   """Velocity prediction with the predictor backbone; Euler and ancestral samplers; Gaussian-chain likelihood."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -37,17 +38,6 @@ class FlowMatching(nnx.Module):
     image = cfg.image
     self.predictor = TrajectoryPredictor(cfg.predictor, image.num_tokens, image.token_dim, dtype=cfg.dtype,
                                          param_dtype=cfg.param_dtype, rngs=rngs)
-
-  @property
-  def num_classes(self) -> int:
-    return self.cfg.predictor.num_classes
-
-  @property
-  def condition_kind(self) -> str:
-    return self.cfg.condition_kind
-
-  def time_grid(self, num_steps: int | None = None, dtype=jnp.float32) -> jax.Array:
-    return trajectory.time_grid(num_steps or self.cfg.grid.num_steps, self.cfg.grid.shift, dtype)
 
   def velocity(self, x_BxNxc: jax.Array, t_B: jax.Array, condition=None,
                dropout_key: jax.Array | None = None) -> jax.Array:

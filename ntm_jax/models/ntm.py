@@ -16,11 +16,12 @@ from flax import nnx
 from ntm_jax import conditioning, guidance, trajectory
 from ntm_jax.models import layers, likelihood, patches
 from ntm_jax.models.config import ModelConfig
+from ntm_jax.models.grid_model import GridModel
 from ntm_jax.models.predictor import TrajectoryPredictor
 from ntm_jax.models.tarflow import Transporter
 
 
-class NTM(nnx.Module):
+class NTM(GridModel):
   """Exact trajectory likelihood and level-by-level sampling, on token trajectories [B, T + 1, N, c]."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
@@ -31,18 +32,6 @@ class NTM(nnx.Module):
     kwargs = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
     self.transporter = Transporter(cfg.transporter, image.num_tokens, image.token_dim, **kwargs)
     self.predictor = TrajectoryPredictor(cfg.predictor, image.num_tokens, image.token_dim, **kwargs)
-
-  @property
-  def num_classes(self) -> int:
-    return self.cfg.predictor.num_classes
-
-  @property
-  def condition_kind(self) -> str:
-    return self.cfg.condition_kind
-
-  def time_grid(self, num_steps: int | None = None, dtype=jnp.float32) -> jax.Array:
-    """t_0 = 0 < ... < t_T = 1 for T = `num_steps` (default: the config's)."""
-    return trajectory.time_grid(num_steps or self.cfg.grid.num_steps, self.cfg.grid.shift, dtype)
 
   def transport(self, x_BxKxNxc: jax.Array, times_K: jax.Array,
                 dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
