@@ -63,20 +63,22 @@ class Model:
 
   # -- sampling ------------------------------------------------------------------------------------------
   def sample(self, n: int, labels=None, prompts: Sequence[str] | None = None, steps: int | None = None,
-             guidance: float = 0.0, seed: int = 0, temperature: float = 1.0, sampler: str = "euler") -> np.ndarray:
-    """`n` images as uint8 [n, H, W, C]: `steps` predictor steps (default the model's T; `sampler` only for
-    flow-matching runs), Gaussian guidance of scale `guidance` for conditional models."""
+             guidance: float = 0.0, seed: int = 0, temperature: float = 1.0, denoise: bool = False,
+             sampler: str = "euler") -> np.ndarray:
+    """`n` images as uint8 [n, H, W, C]: `steps` predictor steps (default the model's T), Gaussian guidance
+    of scale `guidance` for conditional models, `denoise` for trajectory-score denoising of x_0 (C.11;
+    NTM only); `sampler` ("euler" or "ancestral") for flow-matching runs."""
     if self.kind == "tarflow" and steps:
       raise ValueError("steps applies to trajectory models; the TarFlow baseline has none")
     condition = self._condition(n, labels, prompts)
-    fn = self._sample_fn(n, steps or None, float(guidance), float(temperature), sampler)
+    fn = self._sample_fn(n, steps or None, float(guidance), float(temperature), bool(denoise), sampler)
     model_space = fn(self.params, jax.random.key(seed), condition)
     return images.to_uint8(np.asarray(model_space), self.num_levels)
 
   @functools.lru_cache(maxsize=16)
-  def _sample_fn(self, n, steps, guidance, temperature, sampler):
+  def _sample_fn(self, n, steps, guidance, temperature, denoise, sampler):
     return sample.make_sample_fn(self.graphdef, self.model_cfg, n, temperature=temperature, num_steps=steps,
-                                 guidance_scale=guidance, sampler=sampler)
+                                 guidance_scale=guidance, denoise=denoise, sampler=sampler)
 
   # -- likelihoods ---------------------------------------------------------------------------------------
   def bits_per_dim(self, images_uint8, labels=None, prompts: Sequence[str] | None = None,
