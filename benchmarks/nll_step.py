@@ -9,7 +9,6 @@ Prints a table and writes benchmarks/results/nll_step.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -20,14 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ntm_jax.config_args import load_config_file
 from ntm_jax.models import build_model, model_config_from_dict
-
-
-def load_config(path: str, arg: str):
-  spec = importlib.util.spec_from_file_location("benchmark_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def time_loss_and_grad(model_cfg, batch_size: int, repeats: int) -> dict:
@@ -68,7 +61,7 @@ def main():
 
   rows = {}
   for variant in ("ntm", "gaussian", "tarflow"):
-    model_cfg = model_config_from_dict(load_config(args.config, variant).model)
+    model_cfg = model_config_from_dict(load_config_file(args.config, variant).model)
     rows[variant] = time_loss_and_grad(model_cfg, args.batch_size, args.repeats)
     rows[variant]["num_steps_T"] = model_cfg.grid.num_steps if model_cfg.kind == "ntm" else None
 

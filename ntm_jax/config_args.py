@@ -75,13 +75,20 @@ def apply_smoke(config, steps: int) -> None:
                         checkpoint_every=2)
 
 
-def load_sibling_config(config_file: str, name: str, arg: str | None = None):
-  """`get_config(arg)` of configs/NAME.py beside `config_file`: configs that build on another one."""
+def load_config_file(path: str, arg: str | None = None):
+  """`get_config(arg)` of the config file at `path` (what --config=path:arg gives, without the flags)."""
   import importlib.util  # pylint: disable=import-outside-toplevel
   import os  # pylint: disable=import-outside-toplevel
 
-  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+  name = os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(f"ntm_jax_configs_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def load_sibling_config(config_file: str, name: str, arg: str | None = None):
+  """`get_config(arg)` of configs/NAME.py beside `config_file`: configs that build on another one."""
+  import os  # pylint: disable=import-outside-toplevel
+
+  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py"), arg)

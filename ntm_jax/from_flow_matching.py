@@ -56,10 +56,9 @@ def read_run(workdir: str) -> FlowMatchingRun:
   return FlowMatchingRun(os.path.abspath(workdir), config, model_cfg)
 
 
-def load_run(workdir: str, checkpoint: str = "best", mesh=None) -> FlowMatchingRun:
-  """`read_run` plus the EMA parameters of the chosen checkpoint (sharded over `mesh` if given)."""
-  run = read_run(workdir)
-  run.graphdef, run.params, run.step, _ = restore.restore_ema_params(run.config, workdir, checkpoint, mesh)
+def restore_params(run: FlowMatchingRun, checkpoint: str = "best", mesh=None) -> FlowMatchingRun:
+  """`run` with the EMA parameters of its chosen checkpoint (sharded over `mesh` if given)."""
+  run.graphdef, run.params, run.step, _ = restore.restore_ema_params(run.config, run.workdir, checkpoint, mesh)
   return run
 
 

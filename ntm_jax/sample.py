@@ -107,8 +107,7 @@ def sampling_condition(config: ml_collections.ConfigDict, model_cfg: ModelConfig
   if kind != "text":
     if read_prompts(spec):
       raise ValueError("sample.prompts was given but the model is not text-conditional")
-    num_classes = model_cfg.transporter.num_classes if model_cfg.kind == "tarflow" else model_cfg.predictor.num_classes
-    return parse_labels(spec.labels, num_samples, num_classes), None
+    return parse_labels(spec.labels, num_samples, model_cfg.num_classes), None
   if spec.labels:
     raise ValueError("sample.labels was given but the model is text-conditional: use sample.prompts")
   prompts = read_prompts(spec) or default_prompts(config, num_samples)
@@ -135,6 +134,7 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoin
   num_classes = nnx.merge(graphdef, params).num_classes
   labels, captions = sampling_condition(config, model_cfg, spec.num_samples)
   num_steps = spec.num_steps or None
+  sampler = spec.get("sampler", "euler")  # flow-matching runs only
   if model_cfg.kind == "tarflow" and num_steps:
     raise ValueError("sample.num_steps applies to NTM; the TarFlow baseline has no trajectory")
   denoiser = None
@@ -143,7 +143,7 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoin
   sample_fn = make_sample_fn(graphdef, model_cfg, spec.num_samples, temperature=spec.temperature,
                              num_steps=num_steps, guidance_scale=spec.guidance_scale, denoise=spec.denoise,
                              denoiser_graphdef=denoiser[0] if denoiser else None,
-                             out_sharding=NamedSharding(mesh, PartitionSpec()), sampler=spec.get("sampler", "euler"))
+                             out_sharding=NamedSharding(mesh, PartitionSpec()), sampler=sampler)
   key = jax.random.key(spec.seed)
   # The small denoiser is restored unsharded: replicate it onto the model's mesh.
   denoiser_params = jax.device_put(denoiser[1], NamedSharding(mesh, PartitionSpec())) if denoiser else None
@@ -155,7 +155,7 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, checkpoin
   steps_label = num_steps or (model_cfg.grid.num_steps if model_cfg.kind != "tarflow" else 0)
   stem = os.path.join(workdir, "samples", f"sample_{step}_T{steps_label}_w{spec.guidance_scale:g}_seed{spec.seed}"
                       + ("_denoised" if spec.denoise else "") + ("_distilled" if denoiser else "")
-                      + (f"_{spec.get('sampler', 'euler')}" if model_cfg.kind == "flow_matching" else ""))
+                      + (f"_{sampler}" if model_cfg.kind == "flow_matching" else ""))
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(stem), exist_ok=True)
     images.save_grid_png(uint8, stem + ".png", scale=4, captions=captions)

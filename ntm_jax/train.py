@@ -82,7 +82,6 @@ def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
       state = jax.jit(lambda: train_state.initial_state(model_cfg, optimizer, config.seed)[1],
                       out_shardings=state_shardings)()
   abstract = sharding.with_shardings(abstract, state_shardings)
-  num_classes = model_cfg.transporter.num_classes if model_cfg.kind == "tarflow" else model_cfg.predictor.num_classes
   teacher, teacher_abstract, alignment = _teacher(config, model_cfg, mesh)
   step_fn = jax.jit(
       functools.partial(
@@ -97,7 +96,8 @@ def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
       donate_argnums=(0,))
   num_params = sum(x.size for x in jax.tree.leaves(abstract["params"]))
   return TrainingSetup(mesh, model_cfg, graphdef, state, abstract, state_shardings, batch_sharding, step_fn,
-                       optimizer, num_classes, model_cfg.condition_kind, num_params, teacher, teacher_abstract)
+                       optimizer, model_cfg.num_classes, model_cfg.condition_kind, num_params, teacher,
+                       teacher_abstract)
 
 
 def _loss_options(config, model_cfg: ModelConfig) -> dict:
@@ -242,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   teacher_args = ()
   if setup.teacher is not None:
     # The frozen flow-matching model: the mean-alignment teacher on every step, and the start at step 0.
-    teacher = from_flow_matching.load_run(setup.teacher.workdir, config.init_from.checkpoint, mesh)
+    teacher = from_flow_matching.restore_params(setup.teacher, config.init_from.checkpoint, mesh)
     teacher_args = (teacher.params,)
     if start_step == 0:
       params = from_flow_matching.ntm_params_from_flow_matching(graphdef, state["params"], teacher.graphdef,

@@ -1,23 +1,19 @@
 """The config files build valid models, and the D8 baselines stay comparable in size."""
 
-import importlib.util
 import pathlib
 
 import jax
 import pytest
 from flax import nnx
 
-from ntm_jax.config_args import parse_arg
+from ntm_jax.config_args import load_config_file, parse_arg
 from ntm_jax.models import build_model, model_config_from_dict
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name, arg=None):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return load_config_file(str(ROOT / "configs" / f"{name}.py"), arg)
 
 
 def parameter_count(config):

@@ -154,6 +154,11 @@ class ModelConfig:
       raise ValueError("a flow_matching model predicts velocity: set model.predictor.prediction='velocity'")
 
   @property
+  def num_classes(self) -> int:
+    """Classes of a class-conditional model (0 otherwise), from the section that holds the condition."""
+    return (self.transporter if self.kind == "tarflow" else self.predictor).num_classes
+
+  @property
   def condition_kind(self) -> str:
     """What the model is conditioned on: "none", "label" or "text"."""
     section = self.transporter if self.kind == "tarflow" else self.predictor
