@@ -2,6 +2,7 @@
 
   pip install -c constraints.txt -e ".[tpu]"   # libtpu: compiles for TPUs on this CPU machine
   python benchmarks/compile_table.py [--sizes base,large,xl] [--topologies v5p:4x4x4,v6e:8x8]
+  python benchmarks/compile_table.py --smoke   # the t2i smoke model on this machine's CPU devices (CI)
 
 Each row is exactly what `python -m ntm_jax.main --config=configs/t2i.py:size=S --workdir=DIR --mode=compile
 --config.compile.topology=TOPOLOGY` prints. Writes benchmarks/results/compile_tpu.json.
@@ -10,41 +11,42 @@ Each row is exactly what `python -m ntm_jax.main --config=configs/t2i.py:size=S 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ntm_jax import aot_compile  # noqa: E402
-from tests.config_test import load_config  # noqa: E402
+from benchmarks import common  # noqa: E402
+from ntm_jax.parallel import compile as compile_lib  # noqa: E402
+from ntm_jax.training.compile import compile_for_topology  # noqa: E402
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--sizes", default="base,large,xl")
   parser.add_argument("--topologies", default="v5p:4x4x4,v6e:8x8")
-  parser.add_argument("--config_arg", default="", help="extra t2i config arguments, e.g. remat=false")
+  parser.add_argument("--config_arg", default="", help="extra t2i config arguments, e.g. remat=none")
   parser.add_argument("--num_slices", type=int, default=1, help="multi-slice: the data axis spans the slices")
   parser.add_argument("--out", default="benchmarks/results/compile_tpu.json")
+  parser.add_argument("--smoke", action="store_true", help="the tiny t2i model on topology 'cpu' (what CI runs)")
   args = parser.parse_args()
+  if args.smoke:
+    args.sizes, args.topologies, args.config_arg = "cpu", "cpu", ",".join(filter(None, ["smoke", args.config_arg]))
   rows = []
   for size in args.sizes.split(","):
     for topology in args.topologies.split(","):
-      config = load_config("t2i", ",".join(filter(None, [f"size={size}", args.config_arg])))
+      config = common.load_config("t2i", ",".join(filter(None, [f"size={size}", args.config_arg])))
       config.compile.update(topology=topology, num_slices=args.num_slices)
       config.mesh.dcn_data = args.num_slices
       try:
-        report = aot_compile.compile_for_topology(config)
-      except aot_compile.CompiledMemoryError as error:
+        report = compile_for_topology(config)
+      except compile_lib.CompiledMemoryError as error:
         report = {"topology": topology, "error": str(error)}
       report.update(size=size, remat=config.model.predictor.remat)
       rows.append(report)
-      print(aot_compile.format_report(report) if "error" not in report else f"{size} on {topology}: {report['error']}",
+      print(compile_lib.format_report(report) if "error" not in report else f"{size} on {topology}: {report['error']}",
             flush=True)
-      os.makedirs(os.path.dirname(args.out), exist_ok=True)
-      with open(args.out, "w") as f:
-        json.dump(rows, f, indent=2)
+      common.write_json(args.out, rows)
   print(f"\n{'size':6s} {'params':>8s} {'topology':10s} {'mesh':22s} {'batch':>5s} {'GiB/chip':>9s} "
         f"{'TFLOP/chip':>10s} {'ms@peak':>8s} {'MFU bound':>9s} {'sampler GiB':>11s}")
   for r in rows:
@@ -56,7 +58,6 @@ def main():
     print(f"{r['size']:6s} {r['parameters'] / 1e6:7.0f}M {r['topology']:10s} {mesh:22s} {r['batch_size']:5d} "
           f"{train_step['per_chip_gib']:9.2f} {train_step['tflops_per_chip']:10.2f} "
           f"{train_step['step_ms_at_peak']:8.1f} {train_step['mfu_bound']:9.2f} {sampler['per_chip_gib']:11.2f}")
-  print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Where the time of one jitted train step goes: XLA CPU ops grouped by kind, from a real profiler trace.
 
-  python benchmarks/profile_step.py [--size=mnist-size|digits] [--variant=ntm|tarflow] [--steps=3]
+  python benchmarks/profile_step.py [--size=mnist-size|digits] [--variant=ntm|tarflow] [--steps=3] [--smoke]
 
 Traces a few steps with `jax.profiler.trace`, reads the per-op durations back from the Perfetto trace,
 and classifies every op of the compiled module from its HLO: matrix multiplies (a dot, or a fusion that
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import functools
 import glob
 import gzip
 import json
@@ -28,11 +27,8 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.train_throughput import matmul_ceiling, mnist_size  # noqa: E402
-from ntm_jax import optim, train  # noqa: E402
-from ntm_jax.train_state import initial_state  # noqa: E402
-from ntm_jax.models import model_config_from_dict  # noqa: E402
-from tests.config_test import load_config  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks.train_throughput import compiled_train_step, mnist_size  # noqa: E402
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([a-z][\w\-]*)\((.*)$")
 _COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*(?:\(.*\))?.*\{\s*$")
@@ -140,24 +136,24 @@ def main():
   parser.add_argument("--variant", default="ntm", choices=["ntm", "tarflow"])
   parser.add_argument("--steps", type=int, default=3)
   parser.add_argument("--out", default=None)
+  parser.add_argument("--smoke", action="store_true", help="the tiny digits model, one step (what CI runs)")
   args = parser.parse_args()
+  if args.smoke:
+    args.size, args.steps = "digits", 1
 
-  config = load_config("digits", args.variant)
-  config.data.batch_size = 64
+  config = common.load_config("digits", ",".join(filter(None, [args.variant, "smoke" if args.smoke else ""])))
+  config.data.batch_size = 16 if args.smoke else 64
   if args.size == "mnist-size":
     config = mnist_size(config, args.variant)
-  model_cfg = model_config_from_dict(config.model)
-  optimizer = optim.make_optimizer(config.opt, 1000)
-  graphdef, state = initial_state(model_cfg, optimizer, 0)
-  image = model_cfg.image
-  batch = {"image": jax.random.randint(jax.random.key(0), (64, image.height, image.width, image.channels), 0,
-                                       config.data.num_levels)}
-  step = jax.jit(functools.partial(
-      train.train_step, graphdef=graphdef, optimizer=optimizer, num_levels=config.data.num_levels,
-      label_dropout=0.0, conditional=False, ema_decay=0.999, loss_dims=train._loss_dims(model_cfg)))
-  compiled = step.lower(state, batch, jax.random.key(0)).compile()
+  compiled, state, batch, key = compiled_train_step(config)
   table = classify(parse_hlo(compiled.as_text()))
-  durations, wall = trace_op_times(lambda: compiled(state, batch, jax.random.key(0)), args.steps)
+  holder = {"state": state}
+
+  def step():  # the step donates its state: run it on a chain of states, as training does
+    holder["state"], metrics = compiled(holder["state"], batch, key)
+    return metrics
+
+  durations, wall = trace_op_times(step, args.steps)
 
   by_category = collections.defaultdict(lambda: {"seconds": 0.0, "flops": 0.0, "ops": 0})
   for op, seconds in durations.items():
@@ -167,7 +163,7 @@ def main():
     entry["flops"] += flops
     entry["ops"] += 1
   op_total = sum(entry["seconds"] for entry in by_category.values())
-  ceiling = matmul_ceiling(5)
+  ceiling = common.matmul_ceiling(2 if args.smoke else 5, 256 if args.smoke else 2048)
   rows = {}
   print(f"{args.size}/{args.variant}: {1e3 * wall / args.steps:.0f} ms per step (wall, traced); "
         f"op time {1e3 * op_total:.0f} ms per step; matmul ceiling {ceiling / 1e9:.0f} GFLOP/s")
@@ -182,14 +178,11 @@ def main():
   slowest = sorted(durations.items(), key=lambda item: -item[1])[:10]
   print("slowest ops:", ", ".join(f"{op} ({table.get(op, ('?',))[0].split(' ')[0]}) "
                                    f"{1e3 * s / args.steps:.1f} ms" for op, s in slowest))
-  out = args.out or f"benchmarks/results/profile_{args.size}_{args.variant}.json"
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump({"size": args.size, "variant": args.variant, "wall_ms_per_step": round(1e3 * wall / args.steps, 1),
-               "op_ms_per_step": round(1e3 * op_total, 1), "matmul_ceiling_gflop_per_s": round(ceiling / 1e9, 1),
-               "jax": jax.__version__, "categories": rows,
-               "slowest_ops": [[op, round(1e3 * s / args.steps, 2)] for op, s in slowest]}, f, indent=2)
-  print(f"wrote {out}")
+  common.write_json(args.out or f"benchmarks/results/profile_{args.size}_{args.variant}.json", {
+      "size": args.size, "variant": args.variant, "wall_ms_per_step": round(1e3 * wall / args.steps, 1),
+      "op_ms_per_step": round(1e3 * op_total, 1), "matmul_ceiling_gflop_per_s": round(ceiling / 1e9, 1),
+      "jax": jax.__version__, "categories": rows,
+      "slowest_ops": [[op, round(1e3 * s / args.steps, 2)] for op, s in slowest]})
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
   python benchmarks/sampling.py [--conditional --ntm_workdir=workdirs/digits_ntm_cond \
       --tarflow_workdir=workdirs/digits_tarflow_cond --mnist_ntm_workdir=workdirs/mnist_ntm \
-      --mnist_tarflow_workdir=workdirs/mnist_tarflow]
+      --mnist_tarflow_workdir=workdirs/mnist_tarflow] [--smoke]
 
 Speed (images/s at batch 64, after compilation, median of --repeats) on the digits and mnist5k configs:
   ntm/inversion   T predictor steps, then the KV-cached autoregressive inversion of f_T (D6);
@@ -11,7 +11,7 @@ Speed (images/s at batch 64, after compilation, median of --repeats) on the digi
   tarflow         the plain TarFlow baseline's token-by-token inversion of every block.
 Also NTM's sampling time against T (1, 2, 4, 8, 16) and against the number of tokens, and the KV-cached
 against the cache-free inverse of f_T at 64 tokens. With trained workdirs, each path's samples are scored by
-ntm_jax.sample_quality against the test split (Frechet distance, precision, recall; class accuracy when the
+ntm_jax.evaluation.sample_quality against the test split (Frechet distance, precision, recall; class accuracy when the
 models are class-conditional, sampled with labels cycling 0..9, and then also a guided row). Speed of
 untrained models is the same as trained ones; quality needs the workdirs. Prints tables, writes JSON.
 """
@@ -19,7 +19,6 @@ untrained models is the same as trained ones; quality needs the workdirs. Prints
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -30,58 +29,66 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.train_throughput import median_seconds  # noqa: E402
-from ntm_jax import distill, restore, sample, sample_quality  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks.common import median_seconds  # noqa: E402
+from ntm_jax.evaluation import sample_quality  # noqa: E402
 from ntm_jax.models import build_model, model_config_from_dict  # noqa: E402
-from tests.config_test import load_config  # noqa: E402
+from ntm_jax.models.denoiser import Denoiser  # noqa: E402
+from ntm_jax.parallel import checkpoint  # noqa: E402
+from ntm_jax.sampling import sampler as sample  # noqa: E402
 
 BATCH = 64
+SMOKE = False  # --smoke: every config at its tiny `smoke` size
+
+
+def load_config(name, arg=""):
+  return common.load_config(name, ",".join(filter(None, [arg, "smoke" if SMOKE else ""])))
 
 
 def model_and_params(config, workdir=None):
   """(graphdef, params, model config): a trained checkpoint's EMA parameters, or a fresh model's."""
   if workdir:
-    graphdef, params, _, model_cfg = restore.restore_ema_params(config, workdir, "best")
+    graphdef, params, _, model_cfg = checkpoint.restore_params(config, workdir, "best")
     return graphdef, params, model_cfg
   model_cfg = model_config_from_dict(config.model)
   graphdef, params = nnx.split(build_model(model_cfg, rngs=nnx.Rngs(0)))
   return graphdef, params, model_cfg
 
 
-def denoiser_for(config, model_cfg, num_classes, workdir=None):
+def denoiser_for(config, model_cfg, workdir=None):
   """(graphdef, params, trained?): the workdir's distilled denoiser, or a fresh one (same cost, no quality)."""
-  restored = distill.restore_denoiser(config, workdir, model_cfg.image, num_classes) if workdir else None
+  restored = sample.restore_denoiser(config, workdir, model_cfg) if workdir else None
   if restored is not None:
     return restored[0], restored[1], True
-  return (*nnx.split(distill.build_denoiser(config, model_cfg.image, num_classes)), False)
+  return (*nnx.split(Denoiser.for_model(config.distill, model_cfg)), False)
 
 
-def class_cycle(graphdef, params, batch=BATCH):
+def class_cycle(model_cfg, batch):
   """Labels 0, 1, ..., 9, 0, ... for a class-conditional model; None for an unconditional one."""
-  num_classes = nnx.merge(graphdef, params).num_classes
+  num_classes = model_cfg.num_classes
   return jnp.arange(batch, dtype=jnp.int32) % num_classes if num_classes else None
 
 
-def sample_fns(data_name: str, ntm_workdir=None, tarflow_workdir=None, conditional=False, batch=BATCH):
+def sample_fns(data_name: str, ntm_workdir=None, tarflow_workdir=None, conditional=False, batch=None):
   """{path: (fn(key) -> images, labels or None, parameter count)} for the sampling paths.
 
   Conditional checkpoints are sampled with the labels cycling over the classes, and then also get
   the guided path (scale 1, twice the predictor work) as a quality row.
   """
+  batch = batch or BATCH
   suffix = ",conditional" if conditional else ""
   ntm_config = load_config(data_name, suffix[1:])
   graphdef, params, model_cfg = model_and_params(ntm_config, ntm_workdir)
-  labels = class_cycle(graphdef, params, batch)
-  num_classes = 0 if labels is None else nnx.merge(graphdef, params).num_classes
-  den_graphdef, den_params, den_trained = denoiser_for(ntm_config, model_cfg, num_classes, ntm_workdir)
+  labels = class_cycle(model_cfg, batch)
+  den_graphdef, den_params, den_trained = denoiser_for(ntm_config, model_cfg, ntm_workdir)
   tf_config = load_config(data_name, "tarflow" + suffix)
   tf_graphdef, tf_params, tf_cfg = model_and_params(tf_config, tarflow_workdir)
-  tf_labels = class_cycle(tf_graphdef, tf_params, batch)
+  tf_labels = class_cycle(tf_cfg, batch)
   count = lambda tree: int(sum(x.size for x in jax.tree.leaves(tree)))
-  inversion = sample.make_sample_fn(graphdef, model_cfg, batch)
-  distilled = sample.make_sample_fn(graphdef, model_cfg, batch, denoiser_graphdef=den_graphdef)
-  denoised = sample.make_sample_fn(graphdef, model_cfg, batch, denoise=True)
-  tarflow = sample.make_sample_fn(tf_graphdef, tf_cfg, batch)
+  inversion = sample.make_sample_fn(graphdef, batch)
+  distilled = sample.make_sample_fn(graphdef, batch, denoiser_graphdef=den_graphdef)
+  denoised = sample.make_sample_fn(graphdef, batch, {"denoise": True})
+  tarflow = sample.make_sample_fn(tf_graphdef, batch)
   fns = {
       "ntm/inversion": (lambda key: inversion(params, key, labels), labels, count(params)),
       "ntm/distilled": (lambda key: distilled(params, key, labels, den_params), labels,
@@ -90,7 +97,7 @@ def sample_fns(data_name: str, ntm_workdir=None, tarflow_workdir=None, condition
       "tarflow": (lambda key: tarflow(tf_params, key, tf_labels), tf_labels, count(tf_params)),
   }
   if labels is not None:
-    guided = sample.make_sample_fn(graphdef, model_cfg, batch, guidance_scale=1.0)
+    guided = sample.make_sample_fn(graphdef, batch, {"guidance_scale": 1.0})
     fns["ntm/inversion, guidance 1"] = (lambda key: guided(params, key, labels), labels, count(params))
   if ntm_workdir and not den_trained:
     print(f"  note: {ntm_workdir} has no distilled denoiser; ntm/distilled is timed untrained, not scored")
@@ -98,7 +105,8 @@ def sample_fns(data_name: str, ntm_workdir=None, tarflow_workdir=None, condition
   return fns
 
 
-def speed_table(data_name, repeats, ntm_workdir=None, tarflow_workdir=None, conditional=False, batch=BATCH):
+def speed_table(data_name, repeats, ntm_workdir=None, tarflow_workdir=None, conditional=False, batch=None):
+  batch = batch or BATCH
   rows = {}
   fns = sample_fns(data_name, ntm_workdir, tarflow_workdir, conditional, batch)
   for path, (fn, _, num_params, *_) in fns.items():
@@ -115,8 +123,8 @@ def speed_table(data_name, repeats, ntm_workdir=None, tarflow_workdir=None, cond
 def quality_table(fns, data_name: str, num_samples: int):
   """Each path's samples scored by a judge trained on the real training split, against the test split."""
   config = load_config(data_name, "")
-  judge = sample_quality.fit_judge(config.data.name, config.data.num_levels)
-  real, real_labels = sample_quality.split_images(config.data.name, "train", config.data.num_levels)
+  judge = sample_quality.fit_judge(config.data.name, config.data.pixel_levels)
+  real, real_labels = sample_quality.split_images(config.data.name, "train", config.data.pixel_levels)
   rows = {"real training images (reference)": sample_quality.score(judge, real[:num_samples],
                                                                    real_labels[:num_samples])}
   print(f"  quality reference: {rows['real training images (reference)']}", flush=True)
@@ -172,12 +180,12 @@ def deep_predictor_shape(repeats):
       graphdef, params, model_cfg = model_and_params(config)
       count = int(sum(x.size for x in jax.tree.leaves(params)))
       if path == "ntm/distilled":
-        den_graphdef, den_params = nnx.split(distill.build_denoiser(config, model_cfg.image, 0))
-        fn = sample.make_sample_fn(graphdef, model_cfg, batch, denoiser_graphdef=den_graphdef)
+        den_graphdef, den_params = nnx.split(Denoiser.for_model(config.distill, model_cfg))
+        fn = sample.make_sample_fn(graphdef, batch, denoiser_graphdef=den_graphdef)
         run = lambda: fn(params, jax.random.key(0), None, den_params)  # noqa: B023  (called at once)
         count += int(sum(x.size for x in jax.tree.leaves(den_params)))
       else:
-        fn = sample.make_sample_fn(graphdef, model_cfg, batch)
+        fn = sample.make_sample_fn(graphdef, batch)
         run = lambda: fn(params, jax.random.key(0), None)  # noqa: B023
       rows[f"batch {batch}/{path}"] = {"parameters": count, "ms_per_batch": round(1e3 * median_seconds(run, repeats), 2)}
       print(f"  {path} batch {batch}: {rows[f'batch {batch}/{path}']}", flush=True)
@@ -193,7 +201,7 @@ def cost_against_steps(repeats):
   graphdef, params, model_cfg = model_and_params(config)
   rows = {}
   for num_steps in (1, 2, 4, 8, 16):
-    fn = sample.make_sample_fn(graphdef, model_cfg, BATCH, num_steps=num_steps)
+    fn = sample.make_sample_fn(graphdef, BATCH, {"num_steps": num_steps})
     rows[num_steps] = round(1e3 * median_seconds(lambda: fn(params, jax.random.key(0), None), repeats), 1)
   return rows
 
@@ -206,7 +214,7 @@ def cost_against_tokens(repeats):
       config = load_config("digits", variant)
       config.model.image.patch_size = patch
       graphdef, params, model_cfg = model_and_params(config)
-      fn = sample.make_sample_fn(graphdef, model_cfg, BATCH)
+      fn = sample.make_sample_fn(graphdef, BATCH)
       ms = round(1e3 * median_seconds(lambda: fn(params, jax.random.key(0), None), repeats), 1)
       rows[f"{model_cfg.image.num_tokens} tokens/{variant or 'ntm'}"] = ms
   return rows
@@ -276,7 +284,11 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--skip_mnist", action="store_true")
   parser.add_argument("--out", default="benchmarks/results/sampling.json")
+  parser.add_argument("--smoke", action="store_true", help="tiny untrained models, digits only, 1 repeat (CI)")
   args = parser.parse_args()
+  global SMOKE, BATCH  # pylint: disable=global-statement
+  if args.smoke:
+    SMOKE, BATCH, args.repeats, args.skip_mnist = True, 8, 1, True
 
   results = {"batch_size": BATCH, "repeats": args.repeats, "jax": jax.__version__,
              "workdirs": {k: v for k, v in vars(args).items() if k.endswith("workdir")}}
@@ -310,10 +322,7 @@ def main():
   results["inverse_64_tokens"] = cached_against_uncached_inverse(args.repeats)
   print(" ", results["inverse_64_tokens"])
   print_tables(results)
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(results, f, indent=2)
-  print(f"wrote {args.out}")
+  common.write_json(args.out, results)
 
 
 if __name__ == "__main__":

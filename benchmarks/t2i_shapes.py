@@ -3,6 +3,7 @@ guidance scale, all scored by the GenEval-style shapes judge on the same fixed p
 
   python benchmarks/t2i_shapes.py --ntm_workdir=workdirs/t2i_ntm --gaussian_workdir=workdirs/t2i_gaussian \
       --tarflow_workdir=workdirs/t2i_tarflow,workdirs/t2i_tarflow_long [--scales=0,1,2,3,5] [--denoise]
+  python benchmarks/t2i_shapes.py --smoke    # trains tiny runs of the three models first (what CI runs)
 
 Each workdir is a `python -m ntm_jax.main --config=configs/t2i.py[:gaussian|:tarflow] --workdir=...` run; each
 row is what `--mode=judge` prints for it (4 steps for NTM and gaussian; TarFlow samples without guidance).
@@ -14,20 +15,22 @@ table, writes JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
-
-import dataclasses
+import tempfile
 
 import jax
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ntm_jax import data, evaluate, restore, shapes_eval  # noqa: E402
-from ntm_jax.datasets import shapes_scenes  # noqa: E402
-from tests.config_test import abstract_parameter_count, load_config  # noqa: E402
+from benchmarks import common  # noqa: E402
+from ntm_jax import data, models  # noqa: E402
+from ntm_jax.data.builders import shapes_scenes  # noqa: E402
+from ntm_jax.evaluation import bits_per_dim, prompt_following  # noqa: E402
+from ntm_jax.parallel import checkpoint  # noqa: E402
 
 
 def training_minutes(workdir: str) -> float | None:
@@ -46,26 +49,27 @@ def training_minutes(workdir: str) -> float | None:
   return seconds / 60 if seconds else None
 
 
-def caption_gain(config, workdir: str) -> dict[str, float]:
+def caption_gain(config, workdir: str, max_examples: int | None = None) -> dict[str, float]:
   """Validation bits/dim (ELBO, M = 1) of the best checkpoint with the true and with shuffled captions."""
-  graphdef, params, _, model_cfg = restore.restore_ema_params(config, workdir, "best")
+  graphdef, params, _, model_cfg = checkpoint.restore_params(config, workdir, "best")
   split = data.load_split("shapes", "validation")
-  examples = [split.source[i] for i in range(split.num_examples)]
+  examples = [split.source[i] for i in range(min(split.num_examples, max_examples or split.num_examples))]
   order = np.random.default_rng(0).permutation(len(examples))
   shuffled = [dict(e, caption=examples[j]["caption"]) for e, j in zip(examples, order)]
   out = {}
   for name, rows in (("true", examples), ("shuffled", shuffled)):
-    source = data.with_text_features(dataclasses.replace(split, source=rows), "shapes", config.text.encoder,
-                                     config.text.max_tokens)
-    results = evaluate.evaluate_bits_per_dim(graphdef, params, model_cfg, source, num_levels=config.data.num_levels,
-                                             batch_size=250, seed=config.seed)
+    source = data.with_text_features(dataclasses.replace(split, source=rows, num_examples=len(rows)), "shapes",
+                                     config.text.encoder, config.text.max_tokens)
+    results = bits_per_dim.evaluate_bits_per_dim(graphdef, params, model_cfg, source,
+                                                 pixel_levels=config.data.pixel_levels, batch_size=250,
+                                                 seed=config.seed)
     out[f"bpd_{name}_captions"] = results["bpd_elbo"]
   return out
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--ntm_workdir", required=True)
+  parser.add_argument("--ntm_workdir")
   parser.add_argument("--gaussian_workdir")
   parser.add_argument("--tarflow_workdir", help="one or more, comma-separated (for example equal steps and "
                       "equal wall time)")
@@ -75,7 +79,19 @@ def main():
   parser.add_argument("--temperature", type=float, default=1.0)
   parser.add_argument("--denoise", action="store_true", help="NTM/gaussian: trajectory-score denoising (C.11)")
   parser.add_argument("--out", default="benchmarks/results/t2i_shapes.json")
+  parser.add_argument("--smoke", action="store_true", help="train 2-step tiny runs of the three models and judge "
+                      "them on one prompt per category (what CI runs)")
   args = parser.parse_args()
+  config_arg = ""
+  if args.smoke:
+    smoke_dir = tempfile.mkdtemp(prefix="t2i_smoke_")
+    for variant in ("ntm", "gaussian", "tarflow"):
+      common.train_smoke_run("t2i", variant, os.path.join(smoke_dir, variant))
+    args.ntm_workdir, args.gaussian_workdir = os.path.join(smoke_dir, "ntm"), os.path.join(smoke_dir, "gaussian")
+    args.tarflow_workdir, args.scales = os.path.join(smoke_dir, "tarflow"), "0,1"
+    args.prompts_per_category, args.samples_per_prompt, config_arg = 1, 1, "smoke"
+  if not args.ntm_workdir:
+    parser.error("--ntm_workdir is required (or --smoke)")
 
   runs = [("ntm", args.ntm_workdir, args.scales), ("gaussian", args.gaussian_workdir, "0")]
   runs += [("tarflow", workdir, "0") for workdir in (args.tarflow_workdir or "").split(",") if workdir]
@@ -83,15 +99,16 @@ def main():
   for variant, workdir, scales in runs:
     if not workdir:
       continue
-    config = load_config("t2i", "" if variant == "ntm" else variant)
+    config = common.load_config("t2i", ",".join(filter(None, ["" if variant == "ntm" else variant, config_arg])))
     config.judge.update(prompts_per_category=args.prompts_per_category, samples_per_prompt=args.samples_per_prompt,
-                        guidance_scales=scales)
+                        guidance_scales=scales, batch_size=min(config.judge.batch_size, 6 if args.smoke else 120))
     config.sample.update(temperature=args.temperature, denoise=args.denoise and variant != "tarflow")
-    results = shapes_eval.judge_checkpoint(config, workdir)
-    gain = caption_gain(config, workdir)
+    results = prompt_following.judge_checkpoint(config, workdir)
+    gain = caption_gain(config, workdir, 32 if args.smoke else None)
     for scale, scores in results["by_guidance_scale"].items():
       rows.append({"model": variant, "workdir": workdir, "guidance_scale": float(scale), "step": results["step"],
-                   "parameters": abstract_parameter_count(config), "train_minutes": training_minutes(workdir),
+                   "parameters": models.count_parameters(models.model_config_from_dict(config.model)),
+                   "train_minutes": training_minutes(workdir),
                    **gain, **scores})
     print(f"{variant} ({workdir}) done", flush=True)
 
@@ -103,12 +120,9 @@ def main():
     print(f"{r['model']:>9} {r['parameters'] / 1e6:>7.2f}M {r['step']:>6} {minutes:>9} {r['guidance_scale']:>4g} "
           + " ".join(f"{r[c]:>12.3f}" for c in categories) + f" {r['overall']:>8.3f} {r['seconds']:>8.1f} "
           f"{r['bpd_true_captions']:>13.4f} / {r['bpd_shuffled_captions']:.4f}")
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump({"device": str(jax.devices()[0]), "temperature": args.temperature, "denoise": args.denoise,
-               "prompts_per_category": args.prompts_per_category,
-               "samples_per_prompt": args.samples_per_prompt, "rows": rows}, f, indent=2)
-  print(f"wrote {args.out}")
+  common.write_json(args.out, {"device": str(jax.devices()[0]), "temperature": args.temperature,
+                               "denoise": args.denoise, "prompts_per_category": args.prompts_per_category,
+                               "samples_per_prompt": args.samples_per_prompt, "rows": rows})
 
 
 if __name__ == "__main__":

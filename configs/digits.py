@@ -8,38 +8,35 @@ Variants (after a colon, comma-separated):
   smoke         (a few steps of a tiny model: what the tests run)
   steps=N       (number of training steps)
 Example: --config=configs/digits.py:tarflow,steps=2000
+The base of configs/mnist.py (which changes the data, the model size and the schedule).
 """
 
 import ml_collections
 
-from ntm_jax.config_args import apply_model_variant, apply_smoke, parse_model_arg
+from ntm_jax.config_args import finish_config, parse_model_arg
 
 
-def get_config(arg=None):
-  args = parse_model_arg(arg)
-  num_classes = args["num_classes"]
-
+def base_config(args: dict) -> ml_collections.ConfigDict:
+  """The NTM config of the embedded data sets, before the variant and `smoke` are applied."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-
-  config.data = dict(name="digits", data_dir="", batch_size=64, num_levels=17)
-
-  model = dict(
+  # pixel_levels: K of the data (digits have values 0..16), for dequantisation and bits/dim (D7).
+  config.data = dict(name="digits", data_dir="", batch_size=64, pixel_levels=17)
+  config.model = dict(
       kind="ntm",
       image=dict(height=8, width=8, channels=1, patch_size=2),
       grid=dict(num_steps=4, shift=0.5),
       transporter=dict(num_blocks=2, layers_per_block=2, width=64, head_dim=32, mlp_ratio=4, dropout=0.0,
-                     remat=False),
+                       remat="none"),
       predictor=dict(depth=4, width=64, head_dim=32, mlp_ratio=4, markov=False, sigma_floor=0.02, dropout=0.0,
-                     num_classes=num_classes, remat=False),
+                     num_classes=args["num_classes"], remat="none"),
       dtype="float32",
       param_dtype="float32",
+      scan_layers=True,
   )
-  config.model = apply_model_variant(model, args["variant"], num_classes)
-
-  # Device mesh (ntm_jax.sharding): -1 fills with the remaining devices; dcn_* axes span TPU slices.
+  # Device mesh (ntm_jax.parallel.mesh): -1 fills with the remaining devices; dcn_* axes span TPU slices.
   config.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1)
-  # --mode=compile: ahead-of-time compilation for a TPU topology (libtpu; `pip install ".[tpu]"`).
+  # --mode=compile: ahead-of-time compilation for a TPU topology (libtpu; `pip install ".[tpu]"`), or "cpu".
   config.compile = dict(topology="v5e:2x2", num_slices=1, sample_batch_size=0)  # 0 = data.batch_size
 
   # learning_rate: 1.6e-2 beat 1e-3, 2e-3, 4e-3 and 8e-3 on validation at 1,000 steps (README).
@@ -57,7 +54,9 @@ def get_config(arg=None):
   # --mode=distill: the light denoiser g(u_0, y) -> x_0 trained on the model's own samples (C.12).
   config.distill = dict(depth=2, width=64, head_dim=32, mlp_ratio=4, num_steps=1000, batch_size=64,
                         learning_rate=1e-3, target="inverse", log_every=100, checkpoint_every=500)
-
-  if args["smoke"]:
-    apply_smoke(config, args["steps"])
   return config
+
+
+def get_config(arg=None):
+  args = parse_model_arg(arg)
+  return finish_config(base_config(args), args)

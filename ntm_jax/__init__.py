@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 
 def load(path: str, checkpoint: str = "best"):
   """A trained run as an `ntm_jax.api.Model` (sample, bits_per_dim, trajectory_log_prob); see ntm_jax/api.py.
+  `checkpoint` is "best" (the best validation step) or "latest".
 
   Imported on first use: `python -m ntm_jax.main` must not pay for jax before parsing its flags.
   """

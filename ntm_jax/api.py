@@ -10,24 +10,29 @@
 Images are uint8 in 0..255 both ways. A data set with K < 256 levels (digits: 17) is shown stretched to
 0..255 and read back to the nearest of its K levels; `levels=True` passes integer levels 0..K-1 as stored
 in the data set instead. Conditional models take `labels` (class models) or `prompts` (text models).
-Everything runs jitted on the default devices; programs are cached per batch shape.
+Everything runs jitted on the default devices; programs are cached per batch shape. Every model answers
+through the same interface (ntm_jax.models.generative), so nothing here depends on which model a run holds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import json
 import os
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from flax import nnx
 
-from ntm_jax import bits, evaluate, images, restore, sample, text_features, trajectory
+from ntm_jax import models
+from ntm_jax.data import dequantization, text_features
+from ntm_jax.evaluation import bits_per_dim
 from ntm_jax.models import patches
+from ntm_jax.parallel import checkpoint as run_checkpoint
+from ntm_jax.sampling import images
+from ntm_jax.sampling import sampler as sampling
 
 
 def load(path: str, checkpoint: str = "best") -> "Model":
@@ -36,12 +41,8 @@ def load(path: str, checkpoint: str = "best") -> "Model":
   name = os.path.basename(path)
   if not os.path.isfile(os.path.join(path, "config.json")) and name in ("best", "checkpoints"):
     path, checkpoint = os.path.dirname(path), ("best" if name == "best" else "latest")
-  config_path = os.path.join(path, "config.json")
-  if not os.path.isfile(config_path):
-    raise FileNotFoundError(f"{path} is not a training workdir (no config.json): give the --workdir of a run")
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  graphdef, params, step, model_cfg = restore.restore_ema_params(config, path, checkpoint)
+  config = run_checkpoint.read_run_config(path)
+  graphdef, params, step, model_cfg = run_checkpoint.restore_params(config, path, checkpoint)
   return Model(config, graphdef, params, step, model_cfg, path)
 
 
@@ -51,34 +52,33 @@ class Model:
   def __init__(self, config, graphdef, params, step, model_cfg, workdir):
     self.config, self.graphdef, self.params = config, graphdef, params
     self.step, self.model_cfg, self.workdir = step, model_cfg, workdir
-    self.num_levels = int(config.data.num_levels)
-    self.kind = model_cfg.kind
+    self.pixel_levels = int(config.data.pixel_levels)
+    self.kind = model_cfg.kind  # what the run holds ("ntm", "tarflow", "flow_matching"), for display
     self.condition_kind = model_cfg.condition_kind
     image = model_cfg.image
     self.image_shape = (image.height, image.width, image.channels)
 
   def __repr__(self):
     return (f"ntm_jax.Model({self.kind}, {self.condition_kind} condition, images {self.image_shape}, "
-            f"T = {self.model_cfg.grid.num_steps}, step {self.step}, {self.workdir})")
+            f"T = {self.model_cfg.num_steps}, step {self.step}, {self.workdir})")
 
   # -- sampling ------------------------------------------------------------------------------------------
   def sample(self, n: int, labels=None, prompts: Sequence[str] | None = None, steps: int | None = None,
              guidance: float = 0.0, seed: int = 0, temperature: float = 1.0, denoise: bool = False,
-             sampler: str = "euler") -> np.ndarray:
-    """`n` images as uint8 [n, H, W, C]: `steps` predictor steps (default the model's T), Gaussian guidance
-    of scale `guidance` for conditional models, `denoise` for trajectory-score denoising of x_0 (C.11;
-    NTM only); `sampler` ("euler" or "ancestral") for flow-matching runs."""
-    if self.kind == "tarflow" and steps:
-      raise ValueError("steps applies to trajectory models; the TarFlow baseline has none")
+             sampler: str = "") -> np.ndarray:
+    """`n` images as uint8 [n, H, W, C]: `steps` trajectory steps (default the model's T), Gaussian guidance
+    of scale `guidance` for conditional models, `denoise` for trajectory-score denoising of x_0 (C.11), and
+    `sampler` ("euler" or "ancestral") for flow matching; an option the model lacks is refused by name."""
     condition = self._condition(n, labels, prompts)
-    fn = self._sample_fn(n, steps or None, float(guidance), float(temperature), bool(denoise), sampler)
+    options = sampling.sample_options({}, num_steps=steps or 0, guidance_scale=float(guidance),
+                                     temperature=float(temperature), denoise=bool(denoise), sampler=sampler)
+    fn = self._sample_fn(n, tuple(sorted(options.items())))
     model_space = fn(self.params, jax.random.key(seed), condition)
-    return images.to_uint8(np.asarray(model_space), self.num_levels)
+    return images.to_uint8(np.asarray(model_space), self.pixel_levels)
 
   @functools.lru_cache(maxsize=16)
-  def _sample_fn(self, n, steps, guidance, temperature, denoise, sampler):
-    return sample.make_sample_fn(self.graphdef, self.model_cfg, n, temperature=temperature, num_steps=steps,
-                                 guidance_scale=guidance, denoise=denoise, sampler=sampler)
+  def _sample_fn(self, n, options):
+    return sampling.make_sample_fn(self.graphdef, n, dict(options))
 
   # -- likelihoods ---------------------------------------------------------------------------------------
   def bits_per_dim(self, images_uint8, labels=None, prompts: Sequence[str] | None = None,
@@ -92,49 +92,57 @@ class Model:
     condition = self._condition(images_int.shape[0], labels, prompts)
     fn = self._bound_fn(int(importance_samples))
     nats = np.asarray(fn(self.params, jnp.asarray(images_int), condition, jax.random.key(seed))[bound], np.float64)
-    return bits.bits_per_dim(-nats, int(np.prod(self.image_shape)), self.num_levels)
+    return dequantization.bits_per_dim(-nats, int(np.prod(self.image_shape)), self.pixel_levels)
 
   @functools.lru_cache(maxsize=8)
   def _bound_fn(self, importance_samples):
-    return evaluate.make_bound_fn(self.graphdef, self.model_cfg, self.num_levels, importance_samples)
+    return bits_per_dim.make_bound_fn(self.graphdef, self.pixel_levels, importance_samples)
 
   def forward_trajectory(self, images_uint8, seed: int = 0, steps: int | None = None,
                          levels: bool = False) -> np.ndarray:
     """X ~ q(X | x_0) of the forward chain for dequantised images: float32 [B, T + 1, H, W, C], model space."""
-    self._needs_trajectory()
     images_int = jnp.asarray(self._to_levels(images_uint8, levels))
     dequant_key, chain_key = jax.random.split(jax.random.key(seed))
-    x0 = bits.dequantize(images_int, dequant_key, self.num_levels)
-    times = trajectory.time_grid(steps or self.model_cfg.grid.num_steps, self.model_cfg.grid.shift)
-    return np.asarray(trajectory.sample_trajectory(chain_key, x0, times))
+    x0 = dequantization.dequantize(images_int, dequant_key, self.pixel_levels)
+    return np.asarray(nnx.merge(self.graphdef, self.params).forward_trajectory(chain_key, x0, steps))
 
   def trajectory_log_prob(self, trajectory_x, labels=None, prompts: Sequence[str] | None = None) -> np.ndarray:
     """The exact log p(X | y) in nats (float64 [B]) of x-space trajectories [B, T + 1, H, W, C] on the
-    model's grid with T = the trajectory's (level 0 = data, level T = noise)."""
-    self._needs_trajectory()
-    x = jnp.asarray(trajectory_x, jnp.float32)
+    model's grid with T = the trajectory's (level 0 = data, level T = noise).
+
+    Computed in the trajectory's precision: a float64 trajectory is scored by the model in float64 (its
+    parameters cast up, under jax's x64 mode); any other floating-point trajectory in float32.
+    """
+    x = np.asarray(trajectory_x)
     if x.ndim != 5 or tuple(x.shape[2:]) != self.image_shape:
       raise ValueError(f"a trajectory must have shape [batch, T + 1, {', '.join(map(str, self.image_shape))}], "
                        f"got {tuple(x.shape)}")
+    if not np.issubdtype(x.dtype, np.floating):
+      raise ValueError(f"a trajectory must be floating point (model space), got {x.dtype}")
     condition = self._condition(x.shape[0], labels, prompts)
-    return np.asarray(self._log_prob_fn(x.shape[1] - 1)(self.params, x, condition), np.float64)
+    double = x.dtype == np.float64
+    x = x if double else x.astype(np.float32)
+    with jax.enable_x64(double):
+      fn, params = self._log_prob_fn(x.shape[1] - 1, double)
+      return np.asarray(fn(params, jnp.asarray(x), condition), np.float64)
 
   @functools.lru_cache(maxsize=8)
-  def _log_prob_fn(self, num_steps):
-    graphdef, cfg = self.graphdef, self.model_cfg
+  def _log_prob_fn(self, num_steps, double: bool):
+    """(jitted fn(params, x, condition) -> log p(X), the parameters it takes), in float64 if `double`."""
+    graphdef, params, cfg = self.graphdef, self.params, self.model_cfg
+    if double:
+      cfg = dataclasses.replace(cfg, dtype=jnp.float64, param_dtype=jnp.float64)
+      graphdef = models.abstract_model(cfg)[0]
+      params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float64), params)
 
     def log_prob(params, x, condition):
       model = nnx.merge(graphdef, params)
       tokens = patches.patchify(x, cfg.image.patch_size)
-      return -model.trajectory_log_prob(tokens, model.time_grid(num_steps), condition)["nll"]
+      return -model.trajectory_log_prob(tokens, model.time_grid(num_steps, tokens.dtype), condition)["nll"]
 
-    return jax.jit(log_prob)
+    return jax.jit(log_prob), params
 
   # -- inputs --------------------------------------------------------------------------------------------
-  def _needs_trajectory(self):
-    if self.kind == "tarflow":
-      raise ValueError("the TarFlow baseline has no trajectory: use bits_per_dim (its exact log p(x))")
-
   def _to_levels(self, images_uint8, levels: bool) -> np.ndarray:
     """Integer levels 0..K-1 [B, H, W, C] from uint8 images (stretched to 0..255, or levels if `levels`)."""
     array = np.asarray(images_uint8)
@@ -145,12 +153,12 @@ class Model:
                        f"{tuple(array.shape)}")
     if not np.issubdtype(array.dtype, np.integer):
       raise ValueError(f"images must be integers (uint8 in 0..255, or levels with levels=True), got {array.dtype}")
-    top = self.num_levels - 1 if levels else 255
+    top = self.pixel_levels - 1 if levels else 255
     if array.min() < 0 or array.max() > top:
       raise ValueError(f"image values must lie in 0..{top}, got {array.min()}..{array.max()}")
     if levels:
       return array.astype(np.int32)
-    return np.round(array.astype(np.float64) * (self.num_levels - 1) / 255.0).astype(np.int32)
+    return np.round(array.astype(np.float64) * (self.pixel_levels - 1) / 255.0).astype(np.int32)
 
   def _condition(self, n: int, labels, prompts):
     if self.condition_kind == "none":

@@ -63,6 +63,14 @@ def apply_model_variant(model: dict, variant: str, num_classes: int, text_dim=0)
   return model
 
 
+def finish_config(config, args: dict, text_dim=0):
+  """Applies the variant (D8 baselines) and `smoke` of `parse_model_arg`'s `args` to a built config."""
+  apply_model_variant(config.model, args["variant"], args["num_classes"], text_dim)
+  if args["smoke"]:
+    apply_smoke(config, args["steps"])
+  return config
+
+
 def apply_smoke(config, steps: int) -> None:
   """A tiny model and a few steps: what the tests and CI run end to end."""
   config.model.transporter.update(layers_per_block=1, width=32, head_dim=16)
@@ -75,8 +83,7 @@ def apply_smoke(config, steps: int) -> None:
                         checkpoint_every=2)
 
 
-def load_config_file(path: str, arg: str | None = None):
-  """`get_config(arg)` of the config file at `path` (what --config=path:arg gives, without the flags)."""
+def _load_module(path: str):
   import importlib.util  # pylint: disable=import-outside-toplevel
   import os  # pylint: disable=import-outside-toplevel
 
@@ -84,11 +91,38 @@ def load_config_file(path: str, arg: str | None = None):
   spec = importlib.util.spec_from_file_location(f"ntm_jax_configs_{name}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
+
+
+def load_config_file(path: str, arg: str | None = None):
+  """`get_config(arg)` of the config file at `path` (what --config=path:arg gives, without the flags)."""
+  return _load_module(path).get_config(arg)
+
+
+def unknown_override(argv) -> str | None:
+  """The first `--config.a.b=...` override in `argv` whose path the config file does not define."""
+  config_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if config_arg is None:
+    return None
+  path, _, arg = config_arg.partition(":")
+  config = load_config_file(path, arg or None)
+  for override in (a for a in argv if a.startswith("--config.")):
+    keys = override[len("--config."):].split("=", 1)[0].split(".")
+    node = config
+    for depth, key in enumerate(keys):
+      if not hasattr(node, "keys") or key not in node.keys():
+        return ".".join(keys[:depth + 1])
+      node = node[key]
+  return None
+
+
+def load_sibling_module(config_file: str, name: str):
+  """The module configs/NAME.py beside `config_file`: configs that build on another one's base."""
+  import os  # pylint: disable=import-outside-toplevel
+
+  return _load_module(os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py"))
 
 
 def load_sibling_config(config_file: str, name: str, arg: str | None = None):
-  """`get_config(arg)` of configs/NAME.py beside `config_file`: configs that build on another one."""
-  import os  # pylint: disable=import-outside-toplevel
-
-  return load_config_file(os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py"), arg)
+  """`get_config(arg)` of configs/NAME.py beside `config_file`."""
+  return load_sibling_module(config_file, name).get_config(arg)

@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 import ntm_jax
-from ntm_jax import data, evaluate, restore, train, trajectory
+from ntm_jax import data
+from ntm_jax.evaluation import bits_per_dim
+from ntm_jax.models import trajectory
+from ntm_jax.parallel import checkpoint
+from ntm_jax.training import train
 from tests.config_test import load_config
 
 pytestmark = pytest.mark.usefixtures("private_data_dir")
@@ -57,10 +61,10 @@ def test_bits_per_dim_per_image_agrees_with_the_held_out_evaluation(digits_run):
   assert bpd.shape == (len(levels),) and bpd.dtype == np.float64
   # Integer levels as stored in the data set are the same images.
   np.testing.assert_allclose(model.bits_per_dim(levels, labels=labels, importance_samples=4, levels=True), bpd)
-  # The split's mean matches ntm_jax.evaluate on the same checkpoint (other random draws: within 4 SE).
-  graphdef, params, _, model_cfg = restore.restore_ema_params(config, workdir, "best")
+  # The split's mean matches ntm_jax.evaluation.bits_per_dim on the same checkpoint (other random draws: within 4 SE).
+  graphdef, params, _, model_cfg = checkpoint.restore_params(config, workdir, "best")
   source = data.load_split(config.data.name, "validation", config.data.data_dir)
-  reference = evaluate.evaluate_bits_per_dim(graphdef, params, model_cfg, source, num_levels=17, batch_size=144,
+  reference = bits_per_dim.evaluate_bits_per_dim(graphdef, params, model_cfg, source, pixel_levels=17, batch_size=144,
                                              importance_samples=4, seed=11)
   stderr = math.hypot(reference["bpd_iw_se"], bpd.std(ddof=1) / math.sqrt(len(bpd)))
   assert abs(bpd.mean() - reference["bpd_iw"]) < 4 * stderr
@@ -111,3 +115,21 @@ def test_the_readme_example_runs(tmp_path, capsys):
   exec(compile(code, "README.md", "exec"), {})  # pylint: disable=exec-used
   printed = capsys.readouterr().out
   assert printed.startswith("(16, 8, 8, 1) ")
+
+
+def test_trajectory_log_prob_keeps_the_callers_precision(digits_run):
+  config, workdir = digits_run
+  model = ntm_jax.load(workdir)
+  levels, labels = validation_levels(config)
+  x32 = model.forward_trajectory(levels[:4], seed=0, levels=True)
+  assert x32.dtype == np.float32
+  x64 = x32.astype(np.float64)
+  log_p32 = model.trajectory_log_prob(x32, labels=labels[:4])
+  log_p64 = model.trajectory_log_prob(x64, labels=labels[:4])
+  np.testing.assert_allclose(log_p64, log_p32, rtol=1e-5)
+  # A relative change of 1e-10 is below float32's resolution: only a float64 computation sees it.
+  nudged = x64 * (1.0 + 1e-10)
+  assert np.all(model.trajectory_log_prob(nudged, labels=labels[:4]) != log_p64)
+  np.testing.assert_array_equal(model.trajectory_log_prob(nudged.astype(np.float32), labels=labels[:4]), log_p32)
+  with pytest.raises(ValueError, match="floating point"):
+    model.trajectory_log_prob(np.zeros(x32.shape, np.int32), labels=labels[:4])

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntm_jax.best_checkpoint import BestCheckpoint
+from ntm_jax.parallel.checkpoint import BestCheckpoint
 
 
 def _params(value):

@@ -1,11 +1,13 @@
-"""--mode=compile: ahead-of-time compilation for a TPU topology (needs libtpu: pip install '.[tpu]')."""
+"""--mode=compile: ahead-of-time compilation, for this machine's CPU devices (topology "cpu", in CI) and for
+a TPU topology (needs libtpu: pip install '.[tpu]')."""
 
 import importlib.util
 import sys
 
 import pytest
 
-from ntm_jax import aot_compile
+from ntm_jax.parallel import compile as compile_lib
+from ntm_jax.training.compile import compile_for_topology
 from tests.config_test import load_config
 
 needs_libtpu = pytest.mark.skipif(
@@ -21,22 +23,32 @@ def tiny_config(topology="v5e:2x2", **mesh):
   return config
 
 
+def test_compiles_train_step_and_sampler_for_this_machines_devices():
+  report = compile_for_topology(tiny_config("cpu"))
+  assert report["chips"] == 8 and report["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+  train_step, sampler = report["programs"]
+  for program in (train_step, sampler):
+    assert 0 < program["per_chip_gib"] < program["hbm_gib"] and program["tflops_per_chip"] > 0
+    assert program["compile_s"] > 0
+  assert "train step" in compile_lib.format_report(report)
+
+
 @needs_libtpu
 def test_compiles_train_step_and_sampler_for_a_tpu_topology():
-  report = aot_compile.compile_for_topology(tiny_config())
+  report = compile_for_topology(tiny_config())
   assert report["chips"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
   train_step, sampler = report["programs"]
   for program in (train_step, sampler):
     assert 0 < program["per_chip_gib"] < program["hbm_gib"] == 16
     assert program["tflops_per_chip"] > 0 and 0 < program["mfu_bound"] <= 1
-  assert "train step" in aot_compile.format_report(report)
+  assert "train step" in compile_lib.format_report(report)
 
 
 @needs_libtpu
 def test_compiles_the_text_to_image_model_with_its_caption_prefix():
   config = load_config("t2i", "smoke")
   config.mesh.update(data=1, fsdp=-1)
-  report = aot_compile.compile_for_topology(config)
+  report = compile_for_topology(config)
   assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
   assert all(0 < p["per_chip_gib"] < p["hbm_gib"] for p in report["programs"])
 
@@ -45,7 +57,7 @@ def test_compiles_the_text_to_image_model_with_its_caption_prefix():
 def test_multi_slice_puts_the_data_axis_across_slices():
   config = tiny_config(topology="v5e:2x2", data=1, fsdp=-1, dcn_data=2)
   config.compile.num_slices = 2
-  report = aot_compile.compile_for_topology(config)
+  report = compile_for_topology(config)
   assert report["chips"] == 8 and report["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
   assert all(p["per_chip_gib"] > 0 for p in report["programs"])
 
@@ -55,17 +67,17 @@ def test_a_program_bigger_than_hbm_is_refused_with_the_numbers():
   config = tiny_config()
   config.data.batch_size = 65536  # activations far beyond a v5e chip's 16 GiB
   config.model.predictor.update(width=512, head_dim=64)
-  with pytest.raises(aot_compile.CompiledMemoryError,
+  with pytest.raises(compile_lib.CompiledMemoryError,
                      match=r"train step does not fit in a chip's HBM on v5e:2x2 .*exceeds available HBM"):
-    aot_compile.compile_for_topology(config)
+    compile_for_topology(config)
 
 
 def test_unknown_generation_is_named():
   with pytest.raises(ValueError, match="unknown TPU generation 'v9'"):
-    aot_compile.chip_of("v9:2x2")
+    compile_lib.chip_of("v9:2x2")
 
 
 def test_missing_libtpu_is_a_clear_error(monkeypatch):
   monkeypatch.setitem(sys.modules, "libtpu", None)  # what `import libtpu` sees when it is not installed
-  with pytest.raises(aot_compile.MissingLibtpuError, match=r"needs libtpu: pip install .*\[tpu\]"):
-    aot_compile.topology_devices("v5e:2x2")
+  with pytest.raises(compile_lib.MissingLibtpuError, match=r"needs libtpu: pip install .*\[tpu\]"):
+    compile_lib.topology_devices("v5e:2x2")

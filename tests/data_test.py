@@ -5,9 +5,10 @@ import gzip
 import numpy as np
 import pytest
 
-from ntm_jax import bits, data
-from ntm_jax.classical_baseline import gaussian_mixture_bpd
-from ntm_jax.datasets.mnist5k import mnist5k_splits, read_mnist_csv
+from ntm_jax import data
+from ntm_jax.data import dequantization as bits
+from ntm_jax.data.builders.mnist5k import mnist5k_splits, read_mnist_csv
+from ntm_jax.evaluation.classical_baseline import gaussian_mixture_bpd
 
 
 def write_fake_mnist_csv(path, rows=200):
@@ -66,7 +67,7 @@ def test_gaussian_mixture_baseline_bits_per_dim():
   rng = np.random.default_rng(0)
   train = rng.normal(0.0, 0.1, (500, 4))
   test = rng.normal(0.0, 0.1, (200, 4))
-  bpd, se = gaussian_mixture_bpd(train, test, num_levels=17, components=1)
+  bpd, se = gaussian_mixture_bpd(train, test, pixel_levels=17, components=1)
   expected_nll = 4 * (0.5 * np.log(2 * np.pi * 0.01) + 0.5)  # the entropy of N(0, 0.1^2 I_4) in nats
   assert abs(bpd - bits.bits_per_dim(expected_nll, 4, 17)) < 0.1 and 0 < se < 0.1
 

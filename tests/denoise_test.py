@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntm_jax import denoise, trajectory
+from ntm_jax.models import denoising, trajectory
 from tests import helpers
 
 
@@ -24,7 +24,7 @@ def test_tweedie_gives_the_exact_posterior_mean_on_gaussian_data(x64):
     quad = jnp.einsum("bdk,kl,bdl->b", resid, jnp.linalg.inv(cov), resid)
     return -0.5 * quad - 0.5 * dims * (jnp.linalg.slogdet(cov)[1] + 4 * math.log(2 * math.pi))
 
-  estimates = denoise.tweedie_x0(log_prob, x, times[1:])  # [B, 3 interior levels, dims]
+  estimates = denoising.tweedie_x0(log_prob, x, times[1:])  # [B, 3 interior levels, dims]
   assert estimates.shape == (3, 3, dims)
   gain = var0 * jnp.linalg.solve(cov, alpha)  # E[x0 | X] = m + v0 alpha^T cov^-1 (X - alpha m)
   exact = mean0 + jnp.einsum("k,bdk->bd", gain, jnp.moveaxis(x, 1, 2) - (alpha * mean0)[None, None, :])
@@ -37,8 +37,8 @@ def test_ntm_noisy_level_density_does_not_depend_on_the_data_level(x64):
   model = helpers.tiny_model(3, num_steps=3)
   out = model.sample_trajectory(jax.random.key(0), 2, decode_all_levels=True, dtype=jnp.float64)
   times = model.time_grid(dtype=jnp.float64)
-  grad = jax.grad(lambda x: jnp.sum(denoise.noisy_levels_log_prob(model, x, times)))(out["x"])
+  grad = jax.grad(lambda x: jnp.sum(denoising.noisy_levels_log_prob(model, x, times)))(out["x"])
   np.testing.assert_array_equal(grad[:, 0], jnp.zeros_like(grad[:, 0]))
   assert float(jnp.max(jnp.abs(grad[:, 1:]))) > 1e-6
-  estimates = denoise.denoise_trajectory(model, out["x"], times)
+  estimates = denoising.denoise_trajectory(model, out["x"], times)
   assert estimates.shape == (2, 2) + out["x"].shape[2:] and bool(jnp.all(jnp.isfinite(estimates)))

@@ -9,7 +9,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ntm_jax import distill
+from ntm_jax.training import distill
 from ntm_jax.models.denoiser import Denoiser, DenoiserConfig
 from tests import helpers
 

@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from ntm_jax import metric_writer, sample, train
+from ntm_jax.sampling import sampler as sample
+from ntm_jax.training import metric_writer, train
 from tests.config_test import load_config
 
 pytestmark = pytest.mark.usefixtures("private_data_dir")
@@ -46,7 +47,7 @@ def test_flow_matching_samples_with_euler_and_ancestral_steps(flow_matching_run)
     assert draws[sampler].shape == (6, 8, 8, 1) and np.all(np.abs(draws[sampler]) <= 1.0)
   assert np.max(np.abs(draws["euler"] - draws["ancestral"])) > 1e-3
   config.sample.guidance_scale = 1.0
-  with pytest.raises(ValueError, match="guidance is not implemented for the flow-matching samplers"):
+  with pytest.raises(ValueError, match="guidance is not implemented for flow matching"):
     sample.sample_checkpoint(config, workdir)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ntm_jax import from_flow_matching, trajectory
+from ntm_jax.models import flow_matching_init, trajectory
 from ntm_jax.models import build_model
 from tests import helpers
 
@@ -21,10 +21,10 @@ def flow_matching_model(seed=0, num_classes=0):
 def ntm_from(fm, seed=5, **overrides):
   """A fresh NTM of the fine-tuning shape with its predictor taken from `fm`."""
   cfg = helpers.tiny_config(num_classes=fm.num_classes, **{**FM_SETTINGS, **overrides})
-  from_flow_matching.check_compatible(cfg, fm.cfg)
+  flow_matching_init.check_compatible(cfg, fm.cfg)
   graphdef, params = nnx.split(build_model(cfg, rngs=nnx.Rngs(seed)))
   fm_graphdef, fm_params = nnx.split(fm)
-  return nnx.merge(graphdef, from_flow_matching.ntm_params_from_flow_matching(graphdef, params, fm_graphdef,
+  return nnx.merge(graphdef, flow_matching_init.ntm_params_from_flow_matching(graphdef, params, fm_graphdef,
                                                                               fm_params))
 
 
@@ -74,7 +74,7 @@ def test_initialisation_refuses_an_ntm_that_could_not_start_as_the_flow_matching
   trained_ntm = helpers.tiny_model(**FM_SETTINGS)  # a transporter that is not the identity
   graphdef, params = nnx.split(trained_ntm)
   with pytest.raises(ValueError, match="not the identity"):
-    from_flow_matching.ntm_params_from_flow_matching(graphdef, params, *nnx.split(fm))
+    flow_matching_init.ntm_params_from_flow_matching(graphdef, params, *nnx.split(fm))
 
 
 def test_mean_alignment_is_zero_at_initialisation_and_its_weight_anneals_from_2_5_to_0(x64):
@@ -83,11 +83,11 @@ def test_mean_alignment_is_zero_at_initialisation_and_its_weight_anneals_from_2_
   images = data_tokens(ntm, 4).reshape(4, 2, 4, 1)
   moved = helpers.randomize(ntm_from(fm), seed=9, scale=0.05)
   for options in ({}, {"pairwise_num_steps": (4, 8, 16)}):
-    alignment = jax.jit(lambda model: from_flow_matching.mean_alignment_loss(
+    alignment = jax.jit(lambda model: flow_matching_init.mean_alignment_loss(
         fm, model.loss(jax.random.key(0), images, **options)[1], None))  # pylint: disable=cell-var-from-loop
     assert float(alignment(ntm)) < 1e-25
     assert float(alignment(moved)) > 1e-6
-  weights = [float(from_flow_matching.alignment_weight(step, 2.5, 1000)) for step in (0, 500, 1000, 2000)]
+  weights = [float(flow_matching_init.alignment_weight(step, 2.5, 1000)) for step in (0, 500, 1000, 2000)]
   np.testing.assert_allclose(weights, [2.5, 1.25, 0.0, 0.0], atol=1e-12)
 
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntm_jax.guidance import gaussian_guidance
+from ntm_jax.models.guidance import gaussian_guidance
 
 
 def _random_gaussians(seed, shape=(1000,)):

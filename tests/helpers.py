@@ -14,8 +14,8 @@ from ntm_jax.models import build_model
 
 def tiny_config(*, height=2, width=4, channels=1, patch_size=1, num_steps=2, num_blocks=2,
                 layers_per_block=2, depth=2, markov=False, sigma_floor=0.3, num_classes=0, prediction="x0",
-                kind="ntm", dropout=0.0, remat=False, text_dim=0, text_tokens=0, x0_skip_data_std=0.0,
-                dtype=jnp.float64) -> model_config.ModelConfig:
+                kind="ntm", dropout=0.0, remat="none", scan_layers=True, text_dim=0, text_tokens=0,
+                x0_skip_data_std=0.0, dtype=jnp.float64) -> model_config.ModelConfig:
   """8 tokens of 1 number by default: small enough for brute-force Jacobians of whole trajectories."""
   return model_config.ModelConfig(
       image=model_config.ImageConfig(height, width, channels, patch_size),
@@ -30,7 +30,7 @@ def tiny_config(*, height=2, width=4, channels=1, patch_size=1, num_steps=2, num
           num_classes=num_classes, dropout=dropout, remat=remat, x0_skip_data_std=x0_skip_data_std,
           prediction=prediction,
           text_dim=text_dim if kind == "ntm" else 0, text_tokens=text_tokens if kind == "ntm" else 0),
-      dtype=dtype, param_dtype=dtype)
+      dtype=dtype, param_dtype=dtype, scan_layers=scan_layers)
 
 
 def randomize(model: nnx.Module, seed: int = 0, scale: float = 0.3) -> nnx.Module:
@@ -54,7 +54,7 @@ def replace(cfg, **kwargs):
 
 
 def text_condition(batch: int, text_tokens: int, text_dim: int, seed: int = 0, lengths=None, dtype=jnp.float64):
-  """A random text condition (ntm_jax.conditioning) whose example i has lengths[i] real tokens."""
+  """A random text condition (ntm_jax.models.conditioning) whose example i has lengths[i] real tokens."""
   lengths = lengths if lengths is not None else [text_tokens] * batch
   tokens_key, pooled_key = jax.random.split(jax.random.key(seed))
   mask = jnp.arange(text_tokens)[None, :] < jnp.asarray(lengths)[:, None]

@@ -24,7 +24,8 @@ if num_processes > 1:
 
 import numpy as np  # noqa: E402
 
-from ntm_jax import sharding, train  # noqa: E402
+from ntm_jax.parallel import mesh as sharding  # noqa: E402
+from ntm_jax.training import train  # noqa: E402
 from tests.config_test import load_config  # noqa: E402
 from tests.sharding_test import batch_of  # noqa: E402
 
@@ -34,7 +35,7 @@ mesh = sharding.make_mesh(config.mesh.to_dict())
 setup = train.build_training(config, mesh)
 rows = config.data.batch_size // num_processes  # this process's devices hold these rows of the batch
 state, losses = setup.state, []
-with jax.set_mesh(mesh):
+with sharding.use(mesh):
   for step in range(2):
     local = {k: v[process_id * rows:(process_id + 1) * rows] for k, v in batch_of(config, step).items()}
     batch = {k: jax.make_array_from_process_local_data(setup.batch_sharding, v) for k, v in local.items()}

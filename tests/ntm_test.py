@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ntm_jax import trajectory
-from ntm_jax.models import likelihood
+from ntm_jax.models import trajectory
 from ntm_jax.models.predictor import TrajectoryPredictor, posterior_head
 from tests import helpers
 
@@ -33,7 +32,7 @@ def _brute_force_log_prob(model, trajectory_1xKxNxc, times, labels=None):
   flat = trajectory_1xKxNxc.reshape(-1)
   sign, logabsdet = jnp.linalg.slogdet(jax.jit(jax.jacfwd(phi))(flat))
   assert float(sign) != 0.0
-  return -likelihood.standard_normal_nll(phi(flat)[None])[0] + logabsdet
+  return -trajectory.standard_normal_nll(phi(flat)[None])[0] + logabsdet
 
 
 @pytest.mark.parametrize("num_steps,num_classes", [(2, 0), (3, 3)])
@@ -67,9 +66,10 @@ def test_each_transition_density_integrates_to_one(x64, transition):
   """D = 2: integrate exp(log p(x_{k-1} | x_{>=k})) over a grid, for three conditioning trajectories."""
   model = helpers.tiny_model(4, scale=0.2, height=1, width=2, num_steps=2)
   x, times = _random_trajectory(model, 3, seed=11)
-  # The widest conditional here has a u-space scale of about 2; +-25 holds all its mass, and a spacing
-  # of 1/6 resolves the narrowest one (a Riemann sum of a smooth density converges very fast).
-  axis = jnp.linspace(-25.0, 25.0, 301)
+  # The widest conditional here has a u-space scale of about 2; +-15 holds all its mass, and a spacing of
+  # 0.075 resolves the narrowest one (u-space scale about 0.2; a Riemann sum of a smooth density converges
+  # very fast: on this draw the worst mass is 1 - 1.4e-5).
+  axis = jnp.linspace(-15.0, 15.0, 401)
   cell = float(axis[1] - axis[0]) ** 2
   grid = jnp.stack(jnp.meshgrid(axis, axis, indexing="ij"), axis=-1).reshape(-1, 2, 1)
   nll_fn = jax.jit(lambda traj: model.trajectory_log_prob(traj, times)["transition_nll"][:, transition - 1])
@@ -97,7 +97,7 @@ def test_identity_transporter_fed_the_true_posterior_gives_the_gaussian_posterio
   x0 = x[:, 0:1]
   t, s = times[None, 1:, None, None], times[None, :-1, None, None]
   mu, sigma = posterior_head(u[:, 1:], x0, 0.0, t, s, sigma_floor=0.0)
-  parts = likelihood.trajectory_nll_parts(x[:, -1], u[:, :-1], mu, sigma, logdet[:, :-1])
+  parts = trajectory.trajectory_nll_parts(x[:, -1], u[:, :-1], mu, sigma, logdet[:, :-1])
   for k in range(2, 5):  # transitions with s > 0 (into t = 0 the posterior is a point mass)
     for b in range(2):
       expected = _gaussian_step_nll(x[b, k - 1], x[b, k], x[b, 0], float(times[k]), float(times[k - 1]))
@@ -129,7 +129,7 @@ def test_gaussian_data_analytic_model_reproduces_the_exact_trajectory_density(x6
     mus.append(mu)
     sigmas.append(sigma)
   u, logdet = model.transport(x, jnp.asarray(times))
-  parts = likelihood.trajectory_nll_parts(x[:, -1], u[:, :-1], jnp.stack(mus, 1), jnp.stack(sigmas, 1),
+  parts = trajectory.trajectory_nll_parts(x[:, -1], u[:, :-1], jnp.stack(mus, 1), jnp.stack(sigmas, 1),
                                           logdet[:, :-1])
   per_dim = np.moveaxis(np.asarray(x)[..., 0], 1, 2)  # [B, dims, T + 1]
   exact = stats.multivariate_normal(alpha * mean0, joint_cov).logpdf(per_dim).sum(axis=1)

@@ -4,7 +4,7 @@
 import numpy as np
 import pytest
 
-from ntm_jax import sample_quality
+from ntm_jax.evaluation import sample_quality
 
 pytestmark = pytest.mark.usefixtures("private_data_dir")
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntm_jax import sample
+from ntm_jax.sampling import sampler as sample
 from tests import helpers
 
 

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from ntm_jax import shapes_judge
-from ntm_jax.datasets import shapes_scenes
+from ntm_jax.data.builders import shapes_scenes
+from ntm_jax.evaluation import shapes_judge
 
 
 def test_captions_follow_the_templates():

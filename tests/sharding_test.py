@@ -7,7 +7,10 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from ntm_jax import checkpoint, sharding, train
+from ntm_jax.models import logical_axes
+from ntm_jax.parallel import checkpoint
+from ntm_jax.parallel import mesh as sharding
+from ntm_jax.training import train
 from tests.config_test import load_config
 
 MESHES = {"data8": {"data": 8}, "fsdp8": {"fsdp": 8}, "data2_fsdp2_tensor2": {"data": 2, "fsdp": 2, "tensor": 2}}
@@ -23,7 +26,7 @@ def small_config(**mesh):
 
 def batch_of(config, seed=0):
   rng = np.random.default_rng(seed)
-  return {"image": rng.integers(0, config.data.num_levels, (config.data.batch_size, 8, 8, 1)).astype(np.int32),
+  return {"image": rng.integers(0, config.data.pixel_levels, (config.data.batch_size, 8, 8, 1)).astype(np.int32),
           "label": rng.integers(0, 10, (config.data.batch_size,)).astype(np.int32)}
 
 
@@ -33,7 +36,7 @@ def run_steps(config, devices, num_steps=2):
   setup = train.build_training(config, mesh)
   state = setup.state
   losses = []
-  with jax.set_mesh(mesh):
+  with sharding.use(mesh):
     for i in range(num_steps):
       batch = {k: jax.device_put(v, setup.batch_sharding) for k, v in batch_of(config, i).items()}
       state, metrics = setup.step_fn(state, batch, jax.random.key(0))
@@ -130,4 +133,7 @@ def test_a_checkpoint_saved_on_one_mesh_restores_onto_another(tmp_path):
 
 def test_activation_constraint_is_the_identity_without_a_mesh():
   x = jnp.arange(6.0).reshape(2, 3)
-  assert sharding.constrain(x, ("batch", "embed_act")) is x
+  assert logical_axes.constrain(x, ("batch", "embed_act")) is x
+  with sharding.use(sharding.make_mesh({"data": 8})):  # under a mesh and its rules the layout is asked for
+    assert "sharding_constraint" in str(jax.make_jaxpr(lambda y: logical_axes.constrain(y, ("batch", None)))(
+        jnp.zeros((8, 3))))

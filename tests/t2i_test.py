@@ -8,8 +8,12 @@ import os
 import numpy as np
 import pytest
 
-from ntm_jax import data, sample, shapes_eval, text_features, train
-from ntm_jax.datasets import mnist5k, shapes_scenes
+from ntm_jax import data, models
+from ntm_jax.data import text_features
+from ntm_jax.data.builders import mnist5k, shapes_scenes
+from ntm_jax.evaluation import prompt_following as shapes_eval
+from ntm_jax.sampling import sampler as sample
+from ntm_jax.training import train
 from tests.config_test import load_config
 from tests.data_test import write_fake_mnist_csv
 
@@ -127,7 +131,7 @@ def test_prompts_for_a_class_model_are_refused():
   config = load_config("digits", "smoke,conditional")
   config.sample.prompts = "a seven"
   with pytest.raises(ValueError, match="not text-conditional"):
-    sample.sampling_condition(config, train.model_config_from_dict(config.model), 4)
+    sample.sampling_condition(config, models.model_config_from_dict(config.model), 4)
 
 
 def test_precomputed_text_embeddings_flow_through_the_pipeline():

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntm_jax import conditioning
+from ntm_jax.models import conditioning
 from tests import helpers
 
 NUM_STEPS, TEXT_TOKENS, TEXT_DIM = 3, 5, 6

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from ntm_jax import text_encoder
+from ntm_jax.text import minilm as text_encoder
 
 REFERENCE = os.path.join(os.path.dirname(__file__), "data", "minilm_reference.npz")
 

@@ -7,9 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-from ntm_jax import data, distill, metric_writer, sample, train
-from ntm_jax.checkpoint import IncompatibleCheckpointError
-from ntm_jax.train_state import initial_state
+from ntm_jax import data, models
+from ntm_jax.evaluation import bits_per_dim
+from ntm_jax.parallel import checkpoint
+from ntm_jax.parallel.checkpoint import IncompatibleCheckpointError
+from ntm_jax.sampling import sampler as sample
+from ntm_jax.training import distill, metric_writer, optimizer, train
+from ntm_jax.training.state import initial_state
 from tests.config_test import load_config
 
 pytestmark = pytest.mark.usefixtures("private_data_dir")
@@ -24,9 +28,9 @@ def smoke_config(steps=4, variant=""):
 
 def final_params(workdir):
   config = smoke_config()
-  optimizer = train.optim.make_optimizer(config.opt, config.train.num_steps)
-  _, state = initial_state(train.model_config_from_dict(config.model), optimizer, config.seed)
-  checkpointer = train.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=5)
+  tx = optimizer.make_optimizer(config.opt, config.train.num_steps)
+  _, state = initial_state(models.model_config_from_dict(config.model), tx, config.seed)
+  checkpointer = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=5)
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
   restored, step = checkpointer.restore_latest(abstract)
   return restored, step
@@ -78,7 +82,7 @@ def test_resumed_run_equals_uninterrupted_run_bit_for_bit(tmp_path, monkeypatch)
     final = json.load(f)
   assert final["num_examples"] == 144
   # Evaluated at steps 0 and 7: the trained step is the best on validation, and --mode=eval scores it.
-  best = train.evaluate_checkpoint(config, straight, "validation")
+  best = bits_per_dim.evaluate_checkpoint(config, straight, "validation")
   assert best["step"] == 7 and best["checkpoint"] == "best"
   assert best["bpd_iw"] == pytest.approx(final["bpd_iw"], rel=1e-6)
   # --mode=sample: a grid and the arrays from the same checkpoint, with a grid other than training's.
@@ -100,9 +104,9 @@ def test_damaged_newest_checkpoint_is_reported_and_the_previous_one_used(tmp_pat
   checkpoints = os.path.join(workdir, "checkpoints")
   assert sorted(os.listdir(checkpoints)) == ["2", "4"]
   damaged = 0
-  for root, _, files in os.walk(os.path.join(checkpoints, "4", "state")):
+  for root, _, files in os.walk(os.path.join(checkpoints, "4")):
     for name in files:
-      if name != "commit_success.txt":
+      if name != "commit_success.txt" and "data" not in os.path.relpath(root, checkpoints):
         with open(os.path.join(root, name), "r+b") as f:
           f.truncate(max(0, os.path.getsize(os.path.join(root, name)) // 3))
         damaged += 1
@@ -140,11 +144,38 @@ def test_a_checkpoint_of_another_model_is_named_and_left_alone(tmp_path):
   with pytest.raises(IncompatibleCheckpointError, match=r"does not match the configured model.*shape \(32,\) in "
                                                         r"the checkpoint but \(48,\)"):
     train.train_and_evaluate(other, workdir)
-  for checkpoint in ("best", "latest"):
+  for which in ("best", "latest"):
     with pytest.raises(IncompatibleCheckpointError, match="does not match the configured model"):
-      train.evaluate_checkpoint(other, workdir, "validation", checkpoint=checkpoint)
+      bits_per_dim.evaluate_checkpoint(other, workdir, "validation", which=which)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before == ["2"]
-  assert train.evaluate_checkpoint(smoke_config(steps=2), workdir, "validation")["step"] == 2
+  with open(os.path.join(workdir, "config.json")) as f:
+    assert json.load(f)["model"]["predictor"]["width"] == 32  # the run's own config, not the refused one
+  assert bits_per_dim.evaluate_checkpoint(smoke_config(steps=2), workdir, "validation")["step"] == 2
+
+
+def test_a_checkpoint_of_the_old_layout_is_refused_and_left_alone(tmp_path):
+  """A workdir written before the layer stacks (one `state` item per step, data.num_levels) is named."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "old_run"
+  manager = ocp.CheckpointManager(str(workdir / "checkpoints"), item_names=("state",),
+                                  options=ocp.CheckpointManagerOptions(create=True))
+  manager.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": {"w": np.ones(3)}})))
+  manager.wait_until_finished()
+  before = sorted(os.listdir(workdir / "checkpoints"))
+  with pytest.raises(IncompatibleCheckpointError, match="written by an older ntm_jax"):
+    train.train_and_evaluate(smoke_config(steps=2), str(workdir))
+  assert sorted(os.listdir(workdir / "checkpoints")) == before == ["3"]
+  assert not (workdir / "config.json").exists()  # the refused run wrote nothing
+  old_config = smoke_config().to_dict()
+  old_config["data"]["num_levels"] = old_config["data"].pop("pixel_levels")
+  (workdir / "config.json").write_text(json.dumps(old_config))
+  with pytest.raises(IncompatibleCheckpointError, match="written by an older ntm_jax"):
+    checkpoint.read_run_config(str(workdir))
+  # Its best checkpoint (the same item name as now, but layers numbered one by one) is named too.
+  checkpoint.BestCheckpoint(str(workdir / "best"), "bpd_iw").offer(
+      1, {"predictor": {"layers": [{"kernel": np.ones(2)}]}}, {"bpd_iw": 2.0})
+  with pytest.raises(IncompatibleCheckpointError, match="written by an older ntm_jax"):
+    bits_per_dim.evaluate_checkpoint(smoke_config(), str(workdir), "validation")
 
 
 def test_non_finite_loss_stops_training_and_keeps_checkpoints(tmp_path, monkeypatch):
@@ -188,13 +219,13 @@ def test_missing_data_set_says_how_to_prepare_it(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
-@pytest.mark.parametrize("checkpoint, message", [("best", "no best checkpoint"),
+@pytest.mark.parametrize("which, message", [("best", "no best checkpoint"),
                                                  ("latest", "no checkpoint to evaluate")])
-def test_eval_and_sample_without_checkpoint(tmp_path, checkpoint, message):
+def test_eval_and_sample_without_checkpoint(tmp_path, which, message):
   with pytest.raises(FileNotFoundError, match=message):
-    train.evaluate_checkpoint(smoke_config(), str(tmp_path), checkpoint=checkpoint)
+    bits_per_dim.evaluate_checkpoint(smoke_config(), str(tmp_path), which=which)
   with pytest.raises(FileNotFoundError, match=message):
-    sample.sample_checkpoint(smoke_config(), str(tmp_path), checkpoint=checkpoint)
+    sample.sample_checkpoint(smoke_config(), str(tmp_path), which=which)
 
 
 def test_digits_splits_follow_the_documented_protocol():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ntm_jax import trajectory
+from ntm_jax.models import trajectory
 
 
 def test_time_grid_ends_exactly_at_data_and_noise():

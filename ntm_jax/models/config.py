@@ -33,6 +33,11 @@ class ImageConfig:
           f"patch_size {self.patch_size} does not divide the image size {self.height}x{self.width}")
 
   @property
+  def shape(self) -> tuple[int, int, int]:
+    """[H, W, C] of one image."""
+    return self.height, self.width, self.channels
+
+  @property
   def num_tokens(self) -> int:
     return (self.height // self.patch_size) * (self.width // self.patch_size)
 
@@ -45,41 +50,50 @@ class ImageConfig:
     return self.height * self.width * self.channels
 
 
-def _check_dropout(rate: float, section: str) -> None:
-  if not 0.0 <= rate < 1.0:
-    raise ValueError(f"{section}.dropout must be in [0, 1), got {rate}")
+REMAT_POLICIES = ("none", "save_matmuls", "full")
 
 
 @dataclasses.dataclass(frozen=True)
-class TransporterConfig:
+class StackConfig:
+  """The shape of a network's Transformer stack (ntm_jax.models.transformer) and how it is run."""
+
+  width: int = 128
+  head_dim: int = 64
+  mlp_ratio: int = 4
+  dropout: float = 0.0  # residual dropout, training only
+  remat: str = "none"  # what the backward pass keeps: "none", "save_matmuls" or "full"
+
+  def _check_stack(self, section: str) -> None:
+    if self.width < 1 or self.head_dim < 1 or self.width % self.head_dim:
+      raise ValueError(f"{section}.width {self.width} must be a positive multiple of head_dim {self.head_dim}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"{section}.dropout must be in [0, 1), got {self.dropout}")
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f"{section}.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransporterConfig(StackConfig):
   """The shallow TarFlow stack f_T (D3). `num_blocks = 0` makes f_T the identity."""
 
   num_blocks: int = 2
   layers_per_block: int = 4
-  width: int = 128
-  head_dim: int = 64
-  mlp_ratio: int = 4
   time_conditioned: bool = True
   # Only the plain TarFlow baseline is label- or text-conditioned: NTM's transporter never is (D3).
   num_classes: int = 0
   text_dim: int = 0  # > 0: the baseline adds a projection of the sentence embedding to every token
-  dropout: float = 0.0  # residual dropout, training only
-  remat: bool = False  # recompute each layer's activations in the backward pass (less memory, ~1/3 more FLOPs)
 
   def __post_init__(self):
     if self.num_blocks < 0 or self.layers_per_block < 1:
       raise ValueError(f"transporter needs num_blocks >= 0 and layers_per_block >= 1, got {self}")
-    _check_dropout(self.dropout, "transporter")
+    self._check_stack("transporter")
 
 
 @dataclasses.dataclass(frozen=True)
-class PredictorConfig:
+class PredictorConfig(StackConfig):
   """The block-causal trajectory Transformer f_P (D4)."""
 
   depth: int = 4
-  width: int = 128
-  head_dim: int = 64
-  mlp_ratio: int = 4
   markov: bool = False  # attend only to the conditioning level itself (an ablation of D4)
   sigma_floor: float = 0.02
   # > 0: h = c_skip(t) u_t + network output, with EDM's c_skip for data of this std (0 = h is the output).
@@ -91,10 +105,9 @@ class PredictorConfig:
   # Text conditioning (D4): the encoder's width and the prefix length (padded caption tokens).
   text_dim: int = 0
   text_tokens: int = 0
-  dropout: float = 0.0  # residual dropout, training only
-  remat: bool = False  # recompute each layer's activations in the backward pass (less memory, ~1/3 more FLOPs)
 
   def __post_init__(self):
+    self._check_stack("predictor")
     if self.depth < 1:
       raise ValueError(f"predictor.depth must be >= 1, got {self.depth}")
     if (self.text_dim > 0) != (self.text_tokens > 0):
@@ -102,7 +115,6 @@ class PredictorConfig:
                        f"{self.text_dim} and {self.text_tokens}")
     if self.text_dim and self.num_classes:
       raise ValueError("the predictor is conditioned on classes or on text, not both")
-    _check_dropout(self.dropout, "predictor")
     if self.prediction not in ("x0", "velocity"):
       raise ValueError(f"predictor.prediction must be 'x0' or 'velocity', got {self.prediction!r}")
     if self.prediction == "velocity" and self.x0_skip_data_std:
@@ -131,7 +143,7 @@ KINDS = ("ntm", "tarflow", "flow_matching")
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Everything needed to build an `NTM` or a `TarFlowBaseline`."""
+  """Everything needed to build any model of ntm_jax.models (NTM, TarFlow, FlowMatching)."""
 
   image: ImageConfig
   # "ntm" (gaussian = ntm with transporter.num_blocks = 0), "tarflow", or "flow_matching" (the predictor
@@ -142,6 +154,9 @@ class ModelConfig:
   predictor: PredictorConfig = PredictorConfig()
   dtype: Any = jnp.float32  # matmul dtype; log-dets, mu, sigma and z are never below float32
   param_dtype: Any = jnp.float32
+  # Layer stacks run under jax.lax.scan (one traced layer: fast compiles of deep presets) or unrolled (the
+  # same parameters; one straight-line program). Either way the parameters are stacked [depth, ...].
+  scan_layers: bool = True
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -152,6 +167,18 @@ class ModelConfig:
       raise ValueError("NTM's transporter is never conditioned on labels or text (D3): condition the predictor")
     if self.kind == "flow_matching" and self.predictor.prediction != "velocity":
       raise ValueError("a flow_matching model predicts velocity: set model.predictor.prediction='velocity'")
+
+  @property
+  def num_steps(self) -> int:
+    """T, the number of steps of the model's trajectory; 0 for the plain TarFlow, which has none."""
+    return 0 if self.kind == "tarflow" else self.grid.num_steps
+
+  @property
+  def loss_normaliser(self) -> int:
+    """What the training loss divides a per-example NLL by: the dimensions it models, (T + 1) D for an NTM
+    trajectory, D for one image (TarFlow) or one x_t (flow matching)."""
+    levels = self.grid.num_steps + 1 if self.kind == "ntm" else 1
+    return levels * self.image.num_dims
 
   @property
   def num_classes(self) -> int:
@@ -197,8 +224,9 @@ def model_config_from_dict(model) -> ModelConfig:
   for key in ("dtype", "param_dtype"):
     if key in model:
       kwargs[key] = _dtype(model.pop(key))
-  if "kind" in model:
-    kwargs["kind"] = model.pop("kind")
+  for key in ("kind", "scan_layers"):
+    if key in model:
+      kwargs[key] = model.pop(key)
   if model:
     raise ValueError(f"unknown config key(s) in model: {sorted(model)}")
   return ModelConfig(**kwargs)

@@ -1,9 +1,10 @@
-"""Transformer layers shared by the transporter and the predictor.
+"""The building blocks of every network here: projections, attention with masks and a KV cache, MLP,
+embeddings of time, position and sentence.
 
 Attention takes an explicit boolean mask (True = may attend) so the same layer serves the transporter's
-causal scan and the predictor's block-causal trajectory. Autoregressive decoding goes through
-`decode`, which writes into a preallocated key/value cache with static shapes (`KVCache`), so it runs
-under `jax.lax` loops.
+causal scan, the predictor's block-causal trajectory and the denoiser's full attention. Autoregressive
+decoding goes through `Attention.decode`, which writes into a preallocated key/value cache with static
+shapes (`KVCache`), so it runs under `jax.lax` loops. Layers are stacked in ntm_jax.models.transformer.
 """
 
 from __future__ import annotations
@@ -15,31 +16,38 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax import conditioning, sharding
-
-
-def logical(*names: str | None) -> dict:
-  """Parameter metadata naming each dimension's logical axis; `ntm_jax.sharding` maps it to the mesh."""
-  return {"logical_axes": names}
+from ntm_jax.models import conditioning
+from ntm_jax.models.logical_axes import constrain, param_axes
 
 
 def linear(in_features: int, out_features: int, axes: tuple, *, dtype, param_dtype, rngs: nnx.Rngs,
            **kwargs) -> nnx.Linear:
   """nnx.Linear whose kernel has logical axes `axes` and whose bias has the output axis."""
   return nnx.Linear(in_features, out_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                    kernel_metadata=logical(*axes), bias_metadata=logical(axes[1]), **kwargs)
+                    kernel_metadata=param_axes(*axes), bias_metadata=param_axes(axes[1]), **kwargs)
 
 
 def layer_norm(width: int, *, dtype, param_dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
   """nnx.LayerNorm with replicated scale and bias (tiny, read by every shard)."""
   return nnx.LayerNorm(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                       scale_metadata=logical("norm"), bias_metadata=logical("norm"))
+                       scale_metadata=param_axes("norm"), bias_metadata=param_axes("norm"))
 
 
-def embed(num_embeddings: int, width: int, *, param_dtype, rngs: nnx.Rngs) -> nnx.Embed:
-  """A class-embedding table [classes + 1, width] initialised at 0.01 N(0, 1)."""
-  return nnx.Embed(num_embeddings, width, param_dtype=param_dtype, rngs=rngs,
-                   embedding_init=nnx.initializers.normal(0.01), embedding_metadata=logical("classes", "embed"))
+class ClassEmbedding(nnx.Module):
+  """A learned embedding per class plus one for the null class (label -1, dropped for guidance), initialised
+  at 0.01 N(0, 1) as TarFlow's; added to every token of a class-conditional network."""
+
+  def __init__(self, num_classes: int, width: int, *, param_dtype, rngs: nnx.Rngs):
+    self.num_classes = num_classes
+    self.table = nnx.Embed(num_classes + 1, width, param_dtype=param_dtype, rngs=rngs,
+                           embedding_init=nnx.initializers.normal(0.01),
+                           embedding_metadata=param_axes("classes", "embed"))
+
+  def __call__(self, labels_B) -> jax.Array:
+    """[B, width] for int labels [B] (-1 = the null class)."""
+    if labels_B is None or conditioning.is_text(labels_B):
+      raise ValueError("this network is class-conditional: pass labels (-1 for the null class)")
+    return self.table(jnp.where(labels_B < 0, self.num_classes, labels_B))
 
 
 def compute_dtype_at_least_f32(dtype) -> jnp.dtype:
@@ -50,14 +58,14 @@ def compute_dtype_at_least_f32(dtype) -> jnp.dtype:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-  """Keys and values of one attention layer, [B, L, heads, head_dim], filled left to right."""
+  """Keys and values of attention, [B, L, heads, head_dim] per layer (a stack adds a leading layer axis),
+  filled left to right."""
 
   keys: jax.Array
   values: jax.Array
 
   @classmethod
-  def zeros(cls, batch: int, length: int, num_heads: int, head_dim: int, dtype) -> KVCache:
-    shape = (batch, length, num_heads, head_dim)
+  def zeros(cls, shape: tuple[int, ...], dtype) -> KVCache:
     return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
@@ -95,18 +103,18 @@ class Attention(nnx.Module):
     qkv_init = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3))
     out_init = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
     self.qkv_kernel = nnx.Param(qkv_init(rngs.params(), (width, 3, self.num_heads, head_dim), param_dtype),
-                                **logical("embed", "qkv", "heads", "head_dim"))
+                                **param_axes("embed", "qkv", "heads", "head_dim"))
     self.qkv_bias = nnx.Param(jnp.zeros((3, self.num_heads, head_dim), param_dtype),
-                              **logical("qkv", "heads", "head_dim"))
+                              **param_axes("qkv", "heads", "head_dim"))
     self.output_kernel = nnx.Param(out_init(rngs.params(), (self.num_heads, head_dim, width), param_dtype),
-                                   **logical("heads", "head_dim", "embed"))
-    self.output_bias = nnx.Param(jnp.zeros((width,), param_dtype), **logical("embed"))
+                                   **param_axes("heads", "head_dim", "embed"))
+    self.output_bias = nnx.Param(jnp.zeros((width,), param_dtype), **param_axes("embed"))
 
   def _split_heads(self, x_BxLxD):
     kernel = self.qkv_kernel[...].astype(self.dtype)
     qkv = jnp.einsum("bld,dthk->tblhk", x_BxLxD.astype(self.dtype), kernel)
     qkv = qkv + self.qkv_bias[...].astype(self.dtype)[:, None, None]
-    qkv = sharding.constrain(qkv, ("qkv", "batch", "tokens", "heads", "head_dim"))
+    qkv = constrain(qkv, ("qkv", "batch", "tokens", "heads", "head_dim"))
     return qkv[0], qkv[1], qkv[2]
 
   def _attend(self, q_BxQxHxK, k_BxLxHxK, v_BxLxHxK, mask_QxL):
@@ -126,15 +134,17 @@ class Attention(nnx.Module):
     return self._attend(q, k, v, mask_LxL)
 
   def decode(self, x_BxSxD: jax.Array, cache: KVCache, start, mask_SxL: jax.Array):
-    """Appends S new tokens at position `start` of the cache and attends over the cache.
+    """Attends S new tokens, placed at position `start`, over this layer's cache [B, L, heads, head_dim].
 
     `mask_SxL` says which cache positions each new token may see; positions not yet written must be
-    masked out by the caller.
+    masked out by the caller. Returns the output and the new tokens' keys and values (KVCache [B, S, ...]):
+    the caller writes them into its cache, in place.
     """
     q, k, v = self._split_heads(x_BxSxD)
-    keys = jax.lax.dynamic_update_slice_in_dim(cache.keys, k.astype(cache.keys.dtype), start, axis=1)
-    values = jax.lax.dynamic_update_slice_in_dim(cache.values, v.astype(cache.values.dtype), start, axis=1)
-    return self._attend(q, keys, values, mask_SxL), KVCache(keys, values)
+    new = KVCache(k.astype(cache.keys.dtype), v.astype(cache.values.dtype))
+    keys = jax.lax.dynamic_update_slice_in_dim(cache.keys, new.keys, start, axis=1)
+    values = jax.lax.dynamic_update_slice_in_dim(cache.values, new.values, start, axis=1)
+    return self._attend(q, keys, values, mask_SxL), new
 
 
 class MLP(nnx.Module):
@@ -145,7 +155,7 @@ class MLP(nnx.Module):
     self.down = linear(hidden, width, ("mlp", "embed"), dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    hidden = sharding.constrain(jax.nn.gelu(self.up(x)), ("batch", "tokens", "mlp"))
+    hidden = constrain(jax.nn.gelu(self.up(x)), ("batch", "tokens", "mlp"))
     return self.down(hidden)
 
 
@@ -155,41 +165,6 @@ def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     return x
   keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
   return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
-
-
-class TransformerLayer(nnx.Module):
-  """Pre-LayerNorm Transformer layer: x + drop(attn(LN(x))), then x + drop(mlp(LN(x))).
-
-  Residual dropout is active only when the caller passes a `dropout_key` (training), so every density
-  the model reports outside training is the deterministic one.
-  """
-
-  def __init__(self, width: int, head_dim: int, mlp_ratio: int, *, dtype, param_dtype, rngs: nnx.Rngs,
-               dropout_rate: float = 0.0, remat: bool = False):
-    self.dropout_rate = dropout_rate
-    self.remat = remat
-    norm = lambda: layer_norm(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.attention_norm = norm()
-    self.attention = Attention(width, head_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.mlp_norm = norm()
-    self.mlp = MLP(width, mlp_ratio * width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-
-  def __call__(self, x_BxLxD: jax.Array, mask_LxL: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
-    if self.remat:  # keep only the layer's input for the backward pass; recompute the rest
-      return nnx.remat(type(self)._apply)(self, x_BxLxD, mask_LxL, dropout_key)
-    return self._apply(x_BxLxD, mask_LxL, dropout_key)
-
-  def _apply(self, x_BxLxD, mask_LxL, dropout_key):
-    attention_key, mlp_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
-    x_BxLxD = sharding.constrain(x_BxLxD, ("batch", "tokens", "embed_act"))
-    attended = self.attention(self.attention_norm(x_BxLxD), mask_LxL)
-    x_BxLxD = x_BxLxD + dropout(attended, self.dropout_rate, attention_key)
-    return x_BxLxD + dropout(self.mlp(self.mlp_norm(x_BxLxD)), self.dropout_rate, mlp_key)
-
-  def decode(self, x_BxSxD: jax.Array, cache: KVCache, start, mask_SxL: jax.Array):
-    attended, cache = self.attention.decode(self.attention_norm(x_BxSxD), cache, start, mask_SxL)
-    x_BxSxD = x_BxSxD + attended
-    return x_BxSxD + self.mlp(self.mlp_norm(x_BxSxD)), cache
 
 
 def split_or_none(key: jax.Array | None, num: int) -> list:
@@ -226,7 +201,7 @@ class PositionEmbedding(nnx.Module):
 
   def __init__(self, num_tokens: int, width: int, *, param_dtype, rngs: nnx.Rngs):
     self.table = nnx.Param(0.01 * jax.random.normal(rngs.params(), (num_tokens, width), param_dtype),
-                           **logical("tokens", "embed"))
+                           **param_axes("tokens", "embed"))
 
   def __call__(self) -> jax.Array:
     return self.table[...]
@@ -239,10 +214,10 @@ class SentenceEmbedding(nnx.Module):
   def __init__(self, text_dim: int, width: int, *, dtype, param_dtype, rngs: nnx.Rngs):
     self.projection = linear(text_dim, width, ("text_dim", "embed"), dtype=dtype, param_dtype=param_dtype,
                              rngs=rngs)
-    self.null = nnx.Param(jnp.zeros((width,), param_dtype), **logical("embed"))
+    self.null = nnx.Param(jnp.zeros((width,), param_dtype), **param_axes("embed"))
 
   def __call__(self, condition: dict) -> jax.Array:
-    """[B, width] for a text condition (ntm_jax.conditioning)."""
+    """[B, width] for a text condition (ntm_jax.models.conditioning)."""
     projected = self.projection(condition["text_pooled"])
     has_text = conditioning.has_text(condition)[:, None]
     return jnp.where(has_text, projected, self.null[...].astype(projected.dtype)[None])

@@ -13,74 +13,92 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax import conditioning, guidance, trajectory
-from ntm_jax.models import layers, likelihood, patches
+from ntm_jax.models import conditioning, denoising, guidance, layers, trajectory
 from ntm_jax.models.config import ModelConfig
-from ntm_jax.models.grid_model import GridModel
+from ntm_jax.models.generative import TrajectoryModel
 from ntm_jax.models.predictor import TrajectoryPredictor
-from ntm_jax.models.tarflow import Transporter
+from ntm_jax.models.transporter import Transporter
+
+DISTILLATION_TARGETS = ("inverse", "denoised")
 
 
-class NTM(GridModel):
+def check_distillation_target(target: str) -> None:
+  if target not in DISTILLATION_TARGETS:
+    raise ValueError(f"distill.target must be one of {DISTILLATION_TARGETS}, got {target!r}")
+
+
+def _check_pairwise(cfg: ModelConfig) -> None:
+  if not cfg.predictor.markov:
+    raise ValueError("pairwise training (train.pairwise_num_steps) needs model.predictor.markov=True: one "
+                     "transition sees only x_t")
+
+
+class NTM(TrajectoryModel):
   """Exact trajectory likelihood and level-by-level sampling, on token trajectories [B, T + 1, N, c]."""
+
+  description = "NTM"
+  loss_options = ("pairwise_num_steps",)
+  sample_options = ("num_steps", "temperature", "guidance_scale", "denoise", "denoiser")
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     if cfg.kind != "ntm":
       raise ValueError(f"NTM needs model.kind == 'ntm', got {cfg.kind!r}")
     self.cfg = cfg
     image = cfg.image
-    kwargs = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs)
+    kwargs = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype, rngs=rngs, scan_layers=cfg.scan_layers)
     self.transporter = Transporter(cfg.transporter, image.num_tokens, image.token_dim, **kwargs)
     self.predictor = TrajectoryPredictor(cfg.predictor, image.num_tokens, image.token_dim, **kwargs)
 
   def transport(self, x_BxKxNxc: jax.Array, times_K: jax.Array,
                 dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """f_T on every level in one batched call: (u [B, K, N, c], log|det| [B, K])."""
-    batch, num_levels = x_BxKxNxc.shape[:2]
-    t_rows = jnp.broadcast_to(times_K.astype(x_BxKxNxc.dtype), (batch, num_levels)).reshape(-1)
+    batch, trajectory_length = x_BxKxNxc.shape[:2]
+    t_rows = jnp.broadcast_to(times_K.astype(x_BxKxNxc.dtype), (batch, trajectory_length)).reshape(-1)
     u, logdet = self.transporter.forward(x_BxKxNxc.reshape((-1,) + x_BxKxNxc.shape[2:]), t_rows,
                                          dropout_key=dropout_key)
-    return u.reshape(x_BxKxNxc.shape[:2] + u.shape[1:]), logdet.reshape(batch, num_levels)
+    return u.reshape(x_BxKxNxc.shape[:2] + u.shape[1:]), logdet.reshape(batch, trajectory_length)
 
   def trajectory_log_prob(self, x_BxKxNxc: jax.Array, times_K: jax.Array, labels_B=None,
                           dropout_key: jax.Array | None = None):
     """-log p(X | y) and its parts for token trajectories X [B, T + 1, N, c] on the grid `times_K`.
 
-    Level 0 is the data end, level T the noise end (t_T = 1); see `likelihood.trajectory_nll_parts`.
+    Level 0 is the data end, level T the noise end (t_T = 1); see `trajectory.trajectory_nll_parts`.
     A `dropout_key` turns on residual dropout (training only; the result is then not the model's density).
     """
-    num_levels = x_BxKxNxc.shape[1] - 1
-    if num_levels < 1 or times_K.shape[-1] != num_levels + 1:
+    num_steps = x_BxKxNxc.shape[1] - 1
+    if num_steps < 1 or times_K.shape[-1] != num_steps + 1:
       raise ValueError(
           f"a trajectory of {x_BxKxNxc.shape[1]} levels needs T >= 1 and a grid of T + 1 = "
-          f"{num_levels + 1} times, got times of shape {times_K.shape}")
+          f"{num_steps + 1} times, got times of shape {times_K.shape}")
     transport_key, predictor_key = layers.split_or_none(dropout_key, 2)
     u, logdet = self.transport(x_BxKxNxc, times_K, transport_key)
     mu, sigma = self.predictor(u[:, 1:], times_K, labels_B, predictor_key)
-    return likelihood.trajectory_nll_parts(x_BxKxNxc[:, -1], u[:, :-1], mu, sigma, logdet[:, :-1])
+    return trajectory.trajectory_nll_parts(x_BxKxNxc[:, -1], u[:, :-1], mu, sigma, logdet[:, :-1])
 
-  def loss(self, key: jax.Array, images_BxHxWxC: jax.Array, labels_B=None, dropout_key: jax.Array | None = None,
-           pairwise_num_steps: tuple[int, ...] = ()):
-    """Training loss: the trajectory NLL per dimension, -log p(X | y) / ((T + 1) D), batch mean (D5).
+  def _loss(self, key, x0, labels_B, *, dropout_key, pairwise_num_steps: tuple[int, ...] = ()):
+    """The trajectory NLL per dimension, -log p(X | y) / ((T + 1) D), batch mean (D5).
 
-    Returns (loss, parts) with the per-example parts of `trajectory_log_prob`, plus `conditioning_x`
-    [B, T, N, c] (x_{t_k} at index k - 1), `times` [B, T + 1] and `mu` [B, T, N, c] for the mean alignment
-    of C.8. `dropout_key` enables the configured dropout. With `pairwise_num_steps` (for example (4, 8, 16))
-    each example is one transition of a randomly drawn grid instead (C.7 pairwise mode, `pairwise_nll`).
+    Parts: those of `trajectory_log_prob` per example, plus `conditioning_x` [B, T, N, c] (x_{t_k} at index
+    k - 1), `times` [B, T + 1] and `mu` [B, T, N, c] for the mean alignment of C.8. With
+    `pairwise_num_steps` (for example (4, 8, 16)) each example is one transition of a randomly drawn grid
+    instead (C.7 pairwise mode, `pairwise_nll`).
     """
-    image = self.cfg.image
-    patches.check_images(images_BxHxWxC, image)
-    x0 = patches.patchify(images_BxHxWxC, image.patch_size)
+    num_dims = self.cfg.image.num_dims
     if pairwise_num_steps:
       parts = self.pairwise_nll(key, x0, pairwise_num_steps, labels_B, dropout_key=dropout_key)
-      per_dim = parts["nll"] / ((parts.pop("num_steps_T") + 1) * image.num_dims)
+      per_dim = parts["nll"] / ((parts.pop("num_steps_T") + 1) * num_dims)
       return jnp.mean(per_dim), parts
     times = self.time_grid(None, x0.dtype)
     x = trajectory.sample_trajectory(key, x0, times)
     parts = self.trajectory_log_prob(x, times, labels_B, dropout_key)
     parts.update(conditioning_x=x[:, 1:], times=jnp.broadcast_to(times, (x.shape[0], times.shape[0])))
-    num_levels = self.cfg.grid.num_steps + 1
-    return jnp.mean(parts["nll"]) / (num_levels * image.num_dims), parts
+    return jnp.mean(parts["nll"]) / self.cfg.loss_normaliser, parts
+
+  @classmethod
+  def check_loss_options(cls, cfg: ModelConfig, options: dict) -> None:
+    super().check_loss_options(cfg, options)
+    if options.get("pairwise_num_steps"):
+      _check_pairwise(cfg)
 
   def pairwise_nll(self, key: jax.Array, x0_BxNxc: jax.Array, num_steps_choices: tuple[int, ...], labels_B=None,
                    dropout_key: jax.Array | None = None, num_steps_B: jax.Array | None = None):
@@ -94,8 +112,7 @@ class NTM(GridModel):
     D/2 (1 + log 2 pi) (it has no parameters). Needs `predictor.markov`: a block-causal predictor's
     transition also reads the noisier levels, which a pair does not have.
     """
-    if not self.cfg.predictor.markov:
-      raise ValueError("pairwise training needs model.predictor.markov=True (one transition sees only x_t)")
+    _check_pairwise(self.cfg)
     batch = x0_BxNxc.shape[0]
     choice_key, level_key, noise_key = jax.random.split(key, 3)
     if num_steps_B is None:
@@ -134,7 +151,7 @@ class NTM(GridModel):
     the tests compare against: the block-causal mask hides the not-yet-decoded zero levels). A
     `guidance_scale` w > 0 applies STARFlow's Gaussian guidance (C.10) to every step's (mu, sigma),
     using the null label (or the empty caption) for the unconditional branch. `labels_B` is the
-    condition: class labels or a text condition (ntm_jax.conditioning).
+    condition: class labels or a text condition (ntm_jax.models.conditioning).
 
     Returns a dict with `x0` [B, N, c] (unless `invert` is False: a distilled denoiser replaces the
     inversion), `u` [B, T + 1, N, c], `z` [B, T, N, c] (the standard normal draws, level order), and, if
@@ -142,12 +159,12 @@ class NTM(GridModel):
     """
     image = self.cfg.image
     times = self.time_grid(num_steps, dtype)
-    num_levels = times.shape[0] - 1
+    num_steps = times.shape[0] - 1
     noise_key, step_key = jax.random.split(key)
     token_shape = (batch_size, image.num_tokens, image.token_dim)
     x_noise = jax.random.normal(noise_key, token_shape, dtype)
     u_noise, _ = self.transporter.forward(x_noise, jnp.ones((batch_size,), dtype))
-    z = jax.random.normal(step_key, (batch_size, num_levels) + token_shape[1:], dtype)
+    z = jax.random.normal(step_key, (batch_size, num_steps) + token_shape[1:], dtype)
 
     guided = guidance_scale != 0.0
     if guided and (self.condition_kind == "none" or labels_B is None):
@@ -164,15 +181,15 @@ class NTM(GridModel):
     def branches(x):
       return jnp.concatenate([x, x]) if guided else x
 
-    u = jnp.zeros((batch_size, num_levels + 1) + token_shape[1:], u_noise.dtype).at[:, num_levels].set(u_noise)
+    u = jnp.zeros((batch_size, num_steps + 1) + token_shape[1:], u_noise.dtype).at[:, num_steps].set(u_noise)
     if use_cache:
-      caches = self.predictor.init_cache(branches(u_noise).shape[0], num_levels, u_noise.dtype, branch_labels)
-      for k in range(num_levels, 0, -1):
-        mu, sigma, caches = self.predictor.decode_level(branches(u[:, k]), k, times, caches, branch_labels)
+      cache = self.predictor.init_cache(branches(u_noise).shape[0], num_steps, u_noise.dtype, branch_labels)
+      for k in range(num_steps, 0, -1):
+        mu, sigma, cache = self.predictor.decode_level(branches(u[:, k]), k, times, cache, branch_labels)
         mu, sigma = gaussian_step(mu, sigma)
         u = u.at[:, k - 1].set(mu + temperature * sigma * z[:, k - 1])
     else:
-      for k in range(num_levels, 0, -1):
+      for k in range(num_steps, 0, -1):
         mu, sigma = self.predictor(branches(u[:, 1:]), times, branch_labels)
         mu, sigma = gaussian_step(mu[:, k - 1], sigma[:, k - 1])
         u = u.at[:, k - 1].set(mu + temperature * sigma * z[:, k - 1])
@@ -181,7 +198,35 @@ class NTM(GridModel):
     if invert:
       out["x0"] = self.transporter.inverse(u[:, 0], jnp.zeros((batch_size,), dtype))
     if decode_all_levels:
-      t_rows = jnp.broadcast_to(times, (batch_size, num_levels + 1)).reshape(-1)
+      t_rows = jnp.broadcast_to(times, (batch_size, num_steps + 1)).reshape(-1)
       x_all = self.transporter.inverse(u.reshape((-1,) + token_shape[1:]), t_rows)
-      out["x"] = x_all.reshape(u.shape).at[:, num_levels].set(x_noise)
+      out["x"] = x_all.reshape(u.shape).at[:, num_steps].set(x_noise)
     return out
+
+  def _sample(self, key, num_samples, condition=None, *, num_steps=None, temperature=1.0, guidance_scale=0.0,
+              denoise=False, denoiser=None, dtype=jnp.float32):
+    """x_0 tokens: the inversion of f_T, its replacement by a distilled `denoiser` g(u_0, y) (C.12), or the
+    trajectory-score estimate at the cleanest noisy level (`denoise`, C.11: every level inverted)."""
+    if denoise and denoiser is not None:
+      raise ValueError("choose one of sample.denoise (score denoising) and the distilled denoiser")
+    out = self.sample_trajectory(key, num_samples, condition, num_steps=num_steps, temperature=temperature,
+                                 guidance_scale=guidance_scale, decode_all_levels=denoise,
+                                 invert=denoiser is None, dtype=dtype)
+    if denoiser is not None:
+      return denoiser(out["u"][:, 0], condition)
+    if denoise:
+      times = self.time_grid(num_steps, out["x"].dtype)
+      return denoising.denoise_trajectory(self, out["x"], times, condition)[:, 0]
+    return out["x0"]
+
+  def distillation_batch(self, key, batch_size, condition, *, target: str, temperature: float):
+    """(u_0, x_0 target) of one batch of the model's own samples: the target is the exact inversion
+    f_T^-1(u_0) ("inverse") or the trajectory-score estimate of x_0 ("denoised", C.11)."""
+    check_distillation_target(target)
+    out = self.sample_trajectory(key, batch_size, condition, temperature=temperature,
+                                 decode_all_levels=target == "denoised")
+    if target == "denoised":
+      x0 = denoising.denoise_trajectory(self, out["x"], self.time_grid(dtype=out["x"].dtype), condition)[:, 0]
+    else:
+      x0 = out["x0"]
+    return jax.lax.stop_gradient(out["u"][:, 0]), jax.lax.stop_gradient(x0)

@@ -15,7 +15,7 @@ def check_images(images, image: ImageConfig, *, name: str = "images") -> None:
   Shapes are static, so the shape check also works while tracing; the finiteness check runs only on
   concrete arrays (inside `jax.jit` a non-finite input shows up as a non-finite loss instead).
   """
-  expected = (image.height, image.width, image.channels)
+  expected = image.shape
   if images.ndim < 4 or tuple(images.shape[-3:]) != expected:
     raise ValueError(
         f"{name} must have shape [batch, {expected[0]}, {expected[1]}, {expected[2]}] for this config, "

@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax import conditioning, trajectory
-from ntm_jax.models import layers
+from ntm_jax.models import conditioning, layers, trajectory
 from ntm_jax.models.config import PredictorConfig
+from ntm_jax.models.transformer import TokenTransformer
 
 
 def posterior_head(u_t, h, delta, t, s, sigma_floor: float) -> tuple[jax.Array, jax.Array]:
@@ -49,16 +49,16 @@ class TrajectoryPredictor(nnx.Module):
   """f_P: (u_1..u_T, times, condition) -> (mu, sigma) for levels 0..T-1."""
 
   def __init__(self, cfg: PredictorConfig, num_tokens: int, token_dim: int, *, dtype, param_dtype,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, scan_layers: bool = True):
     self.cfg = cfg
     self.num_tokens = num_tokens
-    self.input_projection = layers.linear(token_dim, cfg.width, ("token_dim", "embed"), dtype=dtype,
-                                          param_dtype=param_dtype, rngs=rngs)
-    self.position = layers.PositionEmbedding(num_tokens, cfg.width, param_dtype=param_dtype, rngs=rngs)
+    # Zero output projection: at step 0, h = 0 and delta = 0 (sigma = the posterior scale); also what D9 needs.
+    self.network = TokenTransformer(num_tokens, token_dim, 2 * token_dim, cfg.depth, cfg.width, cfg.head_dim,
+                                    cfg.mlp_ratio, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                                    dropout_rate=cfg.dropout, remat=cfg.remat, scan=scan_layers)
     self.level_embedding = layers.TimeEmbedding(2, cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.class_embedding = (
-        layers.embed(cfg.num_classes + 1, cfg.width, param_dtype=param_dtype, rngs=rngs)
-        if cfg.num_classes else None)
+    self.class_embedding = (layers.ClassEmbedding(cfg.num_classes, cfg.width, param_dtype=param_dtype, rngs=rngs)
+                            if cfg.num_classes else None)
     if cfg.text_dim:
       self.text_projection = layers.linear(cfg.text_dim, cfg.width, ("text_dim", "embed"), dtype=dtype,
                                            param_dtype=param_dtype, rngs=rngs)
@@ -66,25 +66,15 @@ class TrajectoryPredictor(nnx.Module):
                                                     rngs=rngs)
       self.sentence_embedding = layers.SentenceEmbedding(cfg.text_dim, cfg.width, dtype=dtype,
                                                          param_dtype=param_dtype, rngs=rngs)
-    self.layers = nnx.List([
-        layers.TransformerLayer(cfg.width, cfg.head_dim, cfg.mlp_ratio, dtype=dtype,
-                                param_dtype=param_dtype, rngs=rngs, dropout_rate=cfg.dropout,
-                                remat=cfg.remat)
-        for _ in range(cfg.depth)])
-    self.final_norm = layers.layer_norm(cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    # Zero init: at step 0, h = 0 and delta = 0 (sigma = the posterior scale); also what D9 needs.
-    self.head = layers.linear(
-        cfg.width, 2 * token_dim, ("embed", "token_dim"), dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-        kernel_init=nnx.initializers.zeros_init(), bias_init=nnx.initializers.zeros_init())
 
   @property
   def prefix_length(self) -> int:
     """Tokens in front of the levels: the text prefix (0 without text)."""
     return self.cfg.text_tokens if self.cfg.text_dim else 0
 
-  def attention_mask(self, num_levels: int) -> jax.Array:
-    """Block-causal over levels in noise-to-data order (or within-level only for `markov`)."""
-    return layers.block_causal_mask(num_levels, self.num_tokens, within_block_only=self.cfg.markov)
+  def attention_mask(self, num_steps: int) -> jax.Array:
+    """Block-causal over the T = `num_steps` levels in noise-to-data order (within-level only for `markov`)."""
+    return layers.block_causal_mask(num_steps, self.num_tokens, within_block_only=self.cfg.markov)
 
   def __call__(self, u_BxTxNxc: jax.Array, times: jax.Array, condition=None,
                dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -93,7 +83,7 @@ class TrajectoryPredictor(nnx.Module):
     Args:
       u_BxTxNxc: transported conditioning levels u_1..u_T in level order (index k - 1 holds u_k).
       times: the grid t_0..t_T, shape [T + 1] or per example [B, T + 1].
-      condition: int class labels (-1 = null class) or a text condition (ntm_jax.conditioning); required
+      condition: int class labels (-1 = null class) or a text condition (ntm_jax.models.conditioning); required
         iff the predictor is conditional.
       dropout_key: enables residual dropout (training only).
 
@@ -110,74 +100,63 @@ class TrajectoryPredictor(nnx.Module):
 
     The flow-matching model reads its velocity here, with one level and times (t, t).
     """
-    batch, num_levels = u_BxTxNxc.shape[:2]
-    times_BxK = jnp.broadcast_to(times, (batch, num_levels + 1))
+    batch, num_steps = u_BxTxNxc.shape[:2]
+    times_BxK = jnp.broadcast_to(times, (batch, num_steps + 1))
     t_BxT, s_BxT = times_BxK[:, 1:], times_BxK[:, :-1]
     h = self._embed(u_BxTxNxc, t_BxT, s_BxT, condition)
     # Noise-to-data order, flattened to one sequence of T N tokens.
-    h = jnp.flip(h, axis=1).reshape(batch, num_levels * self.num_tokens, -1)
-    mask = self.attention_mask(num_levels)
+    h = jnp.flip(h, axis=1).reshape(batch, num_steps * self.num_tokens, -1)
+    mask = self.attention_mask(num_steps)
     if self.prefix_length:
       h = jnp.concatenate([self._text_prefix(condition), h], axis=1)
       mask = self._mask_with_prefix(mask, condition["text_mask"])
-    for layer, layer_key in zip(self.layers, layers.split_or_none(dropout_key, len(self.layers))):
-      h = layer(h, mask, layer_key)
-    h = h[:, self.prefix_length:]
-    return jnp.flip(self._head(h).reshape(batch, num_levels, self.num_tokens, -1), axis=1)
+    h = self.network.transformer(h, mask, dropout_key)[:, self.prefix_length:]
+    return jnp.flip(self._head(h).reshape(batch, num_steps, self.num_tokens, -1), axis=1)
 
   # -- level-by-level decoding with a KV cache over levels (sampling, D6) ------------------------------
-  def init_cache(self, batch: int, num_levels: int, dtype, condition=None) -> list[layers.KVCache]:
-    """A cache for the prefix and T = `num_levels` levels of N tokens, one per layer; a text prefix is
-    written into it here (prefilled once, then every level reads it)."""
-    length = self.prefix_length + num_levels * self.num_tokens
-    caches = [layers.KVCache.zeros(batch, length, layer.attention.num_heads, layer.attention.head_dim, dtype)
-              for layer in self.layers]
+  def init_cache(self, batch: int, num_steps: int, dtype, condition=None) -> layers.KVCache:
+    """A cache for the prefix and the T = `num_steps` levels of N tokens; a text prefix is written into it here
+    (prefilled once, then every level reads it)."""
+    length = self.prefix_length + num_steps * self.num_tokens
+    cache = self.network.transformer.init_cache(batch, length, dtype)
     if not self.prefix_length:
-      return caches
-    h = self._text_prefix(condition)
+      return cache
     prefix_mask = self._prefix_rows(condition["text_mask"], length)[:, None]
-    new_caches = []
-    for layer, cache in zip(self.layers, caches):
-      h, cache = layer.decode(h, cache, 0, prefix_mask)
-      new_caches.append(cache)
-    return new_caches
+    return self.network.transformer.decode(self._text_prefix(condition), cache, 0, prefix_mask)[1]
 
-  def decode_level(self, u_k_BxNxc: jax.Array, k: int, times: jax.Array, caches: list[layers.KVCache],
-                   condition=None) -> tuple[jax.Array, jax.Array, list[layers.KVCache]]:
-    """(mu, sigma) of u_{k-1} from level k, appending level k's keys and values to `caches`.
+  def decode_level(self, u_k_BxNxc: jax.Array, k: int, times: jax.Array, cache: layers.KVCache,
+                   condition=None) -> tuple[jax.Array, jax.Array, layers.KVCache]:
+    """(mu, sigma) of u_{k-1} from level k, appending level k's keys and values to `cache`.
 
     Levels must be decoded from k = T down to 1 (`k` static). Level k sits at position (T - k) N of the
     noise-to-data sequence and, as in the block-causal mask, sees itself and every noisier level.
     """
     batch, num_tokens = u_k_BxNxc.shape[:2]
     prefix = self.prefix_length
-    num_levels = (caches[0].keys.shape[1] - prefix) // num_tokens
-    start = prefix + (num_levels - k) * num_tokens
-    times_B = jnp.broadcast_to(times, (batch, num_levels + 1))
+    length = cache.keys.shape[2]
+    num_steps = (length - prefix) // num_tokens
+    start = prefix + (num_steps - k) * num_tokens
+    times_B = jnp.broadcast_to(times, (batch, num_steps + 1))
     t_Bx1, s_Bx1 = times_B[:, k:k + 1], times_B[:, k - 1:k]
     h = self._embed(u_k_BxNxc[:, None], t_Bx1, s_Bx1, condition)[:, 0]
-    key_positions = jnp.arange(prefix + num_levels * num_tokens)
+    key_positions = jnp.arange(length)
     if self.cfg.markov:
       visible = (key_positions >= start) & (key_positions < start + num_tokens)
     else:
       visible = (key_positions >= prefix) & (key_positions < start + num_tokens)
-    mask = jnp.broadcast_to(visible[None, :], (num_tokens, visible.shape[0]))
+    mask = jnp.broadcast_to(visible[None, :], (num_tokens, length))
     if prefix:  # every level also sees the caption's real tokens
-      text_visible = jnp.pad(condition["text_mask"], ((0, 0), (0, visible.shape[0] - prefix)))
+      text_visible = jnp.pad(condition["text_mask"], ((0, 0), (0, length - prefix)))
       mask = (mask[None] | text_visible[:, None, :])[:, None]
-    new_caches = []
-    for layer, cache in zip(self.layers, caches):
-      h, cache = layer.decode(h, cache, start, mask)
-      new_caches.append(cache)
-    out = self._head(h)
-    mu, sigma = self._gaussian(u_k_BxNxc, out, t_Bx1[:, :, None], s_Bx1[:, :, None])
-    return mu, sigma, new_caches
+    h, cache = self.network.transformer.decode(h, cache, start, mask)
+    mu, sigma = self._gaussian(u_k_BxNxc, self._head(h), t_Bx1[:, :, None], s_Bx1[:, :, None])
+    return mu, sigma, cache
 
   # -- shared pieces ------------------------------------------------------------------------------------
   def _text_prefix(self, condition) -> jax.Array:
     """The caption's prefix tokens [B, P, width]: projected encoder tokens + prefix position."""
     if not conditioning.is_text(condition):
-      raise ValueError("the predictor is text-conditional: pass a text condition (ntm_jax.conditioning)")
+      raise ValueError("the predictor is text-conditional: pass a text condition (ntm_jax.models.conditioning)")
     tokens = condition["text_tokens"]
     if tokens.shape[1] != self.prefix_length:
       raise ValueError(f"the predictor takes {self.prefix_length} text tokens, got {tokens.shape[1]} "
@@ -204,22 +183,19 @@ class TrajectoryPredictor(nnx.Module):
 
   def _embed(self, u_BxTxNxc, t_BxT, s_BxT, condition):
     """Token embeddings [B, T, N, width]: proj(u) + position + emb(t_k, t_{k-1}) [+ class or sentence]."""
-    batch, num_levels = u_BxTxNxc.shape[:2]
-    level_emb = self.level_embedding(t_BxT.reshape(-1), s_BxT.reshape(-1)).reshape(batch, num_levels, 1, -1)
-    h = self.input_projection(u_BxTxNxc) + self.position()[None, None] + level_emb
+    batch, num_steps = u_BxTxNxc.shape[:2]
+    level_emb = self.level_embedding(t_BxT.reshape(-1), s_BxT.reshape(-1)).reshape(batch, num_steps, 1, -1)
+    h = self.network.embed(u_BxTxNxc, self.network.position()[None, None]) + level_emb
     if self.class_embedding is not None:
-      if condition is None or conditioning.is_text(condition):
-        raise ValueError("the predictor is class-conditional: pass labels (-1 for the null class)")
-      labels_B = jnp.where(condition < 0, self.cfg.num_classes, condition)
-      h = h + self.class_embedding(labels_B)[:, None, None, :]
+      h = h + self.class_embedding(condition)[:, None, None, :]
     if self.cfg.text_dim:
       if not conditioning.is_text(condition):
-        raise ValueError("the predictor is text-conditional: pass a text condition (ntm_jax.conditioning)")
+        raise ValueError("the predictor is text-conditional: pass a text condition (ntm_jax.models.conditioning)")
       h = h + self.sentence_embedding(condition)[:, None, None, :]
     return h
 
   def _head(self, h):
-    out = self.head(self.final_norm(h))
+    out = self.network.head(h)
     return out.astype(layers.compute_dtype_at_least_f32(out.dtype))
 
   def _gaussian(self, u, out, t, s):

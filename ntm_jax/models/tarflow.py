@@ -1,197 +1,60 @@
-"""The TarFlow transporter f_T: a stack of affine autoregressive flow blocks over tokens (NTM.md A, D3).
+"""The plain TarFlow baseline of D8: the same flow blocks stacked as one flow with a N(0, I) prior.
 
-One `FlowBlock` (TarFlow's MetaBlock) in its scan order pi:
-  h = causal_transformer(proj_in(x_pi) + pos_pi + emb(t) [+ emb(y)])   (self-inclusive causal mask)
-  (a, b) = 4 tanh(proj_out(h) / 4), shifted right by one token          (token 0 passes through)
-  sigma = softplus(a + c) / softplus(c) with c = softplus^-1(1),  mu = b
-  z = (x_pi - mu) / sigma,   log|det dz/dx| = -sum log sigma
-Because (a, b) for token i depend only on tokens < i, the Jacobian in scan order is lower triangular
-with diagonal 1 / sigma. Dividing by softplus(c) makes a = 0 give sigma = 1 exactly, so a block whose
-`proj_out` is zero (weights and bias, the initialisation) is exactly the identity. Blocks alternate the
-scan direction (identity, flip, identity, ...).
+log p(x | y) = log N(f(x); 0, I) + log|det df/dx|, exact; sampling inverts every block token by token.
+Optionally conditioned like TarFlow: an embedding of the class (or of the caption's sentence embedding)
+added to every token of every block.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax import conditioning
-from ntm_jax.models import layers
-from ntm_jax.models.config import TransporterConfig
-
-_SOFTPLUS_INVERSE_OF_ONE = math.log(math.expm1(1.0))
-_SOFT_CLIP = 4.0
+from ntm_jax.models import patches, trajectory
+from ntm_jax.models.config import ModelConfig
+from ntm_jax.models.generative import GenerativeModel
+from ntm_jax.models.transporter import Transporter
 
 
-def affine_parameters(raw_BxNx2c: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(mu, log_sigma) from raw outputs, computed in at least float32 (STARFlow's soft clip + softplus)."""
-  raw = raw_BxNx2c.astype(layers.compute_dtype_at_least_f32(raw_BxNx2c.dtype))
-  raw = _SOFT_CLIP * jnp.tanh(raw / _SOFT_CLIP)
-  a, mu = jnp.split(raw, 2, axis=-1)
-  offset = jnp.asarray(_SOFTPLUS_INVERSE_OF_ONE, raw.dtype)
-  log_sigma = jnp.log(jax.nn.softplus(a + offset)) - jnp.log(jax.nn.softplus(offset))
-  return mu, log_sigma
+class TarFlow(GenerativeModel):
+  """A plain TarFlow over tokens [B, N, c]: exact log-likelihood, autoregressive sampling."""
 
+  description = "the TarFlow baseline"
 
-class FlowBlock(nnx.Module):
-  """One affine autoregressive flow block with a fixed token order (TarFlow's MetaBlock)."""
-
-  def __init__(self, cfg: TransporterConfig, num_tokens: int, token_dim: int, flip: bool, *,
-               dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    if cfg.kind != "tarflow":
+      raise ValueError(f"TarFlow needs model.kind == 'tarflow', got {cfg.kind!r}")
     self.cfg = cfg
-    self.flip = flip
-    self.num_tokens = num_tokens
-    self.dtype = dtype
-    self.input_projection = layers.linear(token_dim, cfg.width, ("token_dim", "embed"), dtype=dtype,
-                                          param_dtype=param_dtype, rngs=rngs)
-    self.position = layers.PositionEmbedding(num_tokens, cfg.width, param_dtype=param_dtype, rngs=rngs)
-    self.time_embedding = (
-        layers.TimeEmbedding(1, cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        if cfg.time_conditioned else None)
-    self.class_embedding = (
-        layers.embed(cfg.num_classes + 1, cfg.width, param_dtype=param_dtype, rngs=rngs)
-        if cfg.num_classes else None)
-    self.text_embedding = (
-        layers.SentenceEmbedding(cfg.text_dim, cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        if cfg.text_dim else None)
-    self.layers = nnx.List([
-        layers.TransformerLayer(cfg.width, cfg.head_dim, cfg.mlp_ratio, dtype=dtype,
-                                param_dtype=param_dtype, rngs=rngs, dropout_rate=cfg.dropout,
-                                remat=cfg.remat)
-        for _ in range(cfg.layers_per_block)])
-    self.final_norm = layers.layer_norm(cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    # Zero weights and bias: the block starts as the exact identity (D3, needed by D9).
-    self.output_projection = layers.linear(
-        cfg.width, 2 * token_dim, ("embed", "token_dim"), dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-        kernel_init=nnx.initializers.zeros_init(), bias_init=nnx.initializers.zeros_init())
+    # A single flow over data has no level time to condition on.
+    flow_cfg = dataclasses.replace(cfg.transporter, time_conditioned=False)
+    self.flow = Transporter(flow_cfg, cfg.image.num_tokens, cfg.image.token_dim, dtype=cfg.dtype,
+                            param_dtype=cfg.param_dtype, rngs=rngs, scan_layers=cfg.scan_layers)
 
-  # -- scan order ---------------------------------------------------------------------------------
-  def to_scan_order(self, x_BxNxc: jax.Array) -> jax.Array:
-    return jnp.flip(x_BxNxc, axis=-2) if self.flip else x_BxNxc
+  def log_prob(self, x_BxNxc: jax.Array, labels_B=None, dropout_key=None) -> dict[str, jax.Array]:
+    """-log p(x | y) per example with its parts `prior` and `flow_logdet` (dropout only with a key)."""
+    t_dummy = jnp.zeros(x_BxNxc.shape[:1], x_BxNxc.dtype)
+    z, logdet = self.flow.forward(x_BxNxc, t_dummy, labels_B, dropout_key)
+    prior = trajectory.standard_normal_nll(z)
+    return {"prior": prior, "flow_logdet": logdet, "nll": prior - logdet, "z": z}
 
-  from_scan_order = to_scan_order  # a flip is its own inverse
+  def _loss(self, key, x0_BxNxc, labels_B, *, dropout_key):
+    """-log p(x | y) / D, batch mean; `key` is unused (the flow has no noise to draw)."""
+    del key
+    parts = self.log_prob(x0_BxNxc, labels_B, dropout_key)
+    return jnp.mean(parts["nll"]) / self.cfg.loss_normaliser, parts
 
-  def _conditioning_Bxd(self, t_B: jax.Array, labels_B) -> jax.Array | None:
-    """Embedding added to every token: the level time (transporter) and/or the class or text (baseline)."""
-    cond = None
-    if self.time_embedding is not None:
-      cond = self.time_embedding(t_B)
-    if self.text_embedding is not None:
-      if not conditioning.is_text(labels_B):
-        raise ValueError("this flow is text-conditional: pass a text condition (ntm_jax.conditioning)")
-      text_emb = self.text_embedding(labels_B)
-      cond = text_emb if cond is None else cond + text_emb
-    if self.class_embedding is not None:
-      if labels_B is None:
-        raise ValueError("this flow is class-conditional: pass labels (-1 for the null class)")
-      null = self.cfg.num_classes
-      label_emb = self.class_embedding(jnp.where(labels_B < 0, null, labels_B))
-      cond = label_emb if cond is None else cond + label_emb
-    return cond
+  def log_likelihood(self, key, images_BxHxWxC, condition=None, *, importance_samples: int = 1):
+    """The exact log p(x | y), as both bounds."""
+    del key, importance_samples
+    patches.check_images(images_BxHxWxC, self.cfg.image)
+    log_p = -self.log_prob(patches.patchify(images_BxHxWxC, self.cfg.image.patch_size), condition)["nll"]
+    return {"elbo": log_p, "iw": log_p}
 
-  def _hidden(self, x_scan_BxNxc, cond_Bxd, dropout_key=None):
-    h = self.input_projection(x_scan_BxNxc) + self.to_scan_order(self.position())[None]
-    if cond_Bxd is not None:
-      h = h + cond_Bxd[:, None, :]
-    mask = layers.causal_mask(self.num_tokens)
-    for layer, layer_key in zip(self.layers, layers.split_or_none(dropout_key, len(self.layers))):
-      h = layer(h, mask, layer_key)
-    return self.output_projection(self.final_norm(h))
-
-  # -- data -> noise --------------------------------------------------------------------------------
-  def forward(self, x_BxNxc: jax.Array, t_B: jax.Array, labels_B=None,
-              dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """z = (x - mu) / sigma in this block's scan order; returns (z, log|det dz/dx| per example).
-
-    With a `dropout_key` (training) the block is a randomly thinned flow, still exactly invertible.
-    """
-    x_scan = self.to_scan_order(x_BxNxc)
-    raw = self._hidden(x_scan, self._conditioning_Bxd(t_B, labels_B), dropout_key)
-    # Shift right: token i is transformed by the output at i - 1; token 0 gets zeros (identity).
-    raw = jnp.concatenate([jnp.zeros_like(raw[:, :1]), raw[:, :-1]], axis=1)
-    mu, log_sigma = affine_parameters(raw)
-    z_scan = (x_scan.astype(mu.dtype) - mu) * jnp.exp(-log_sigma)
-    return self.from_scan_order(z_scan), -jnp.sum(log_sigma, axis=(1, 2))
-
-  # -- noise -> data --------------------------------------------------------------------------------
-  def inverse_reference(self, z_BxNxc: jax.Array, t_B: jax.Array, labels_B=None) -> jax.Array:
-    """Cache-free inverse: token i + 1 from a full causal pass over the tokens decoded so far."""
-    z_scan = self.to_scan_order(z_BxNxc)
-    cond = self._conditioning_Bxd(t_B, labels_B)
-
-    def decode_token(i, x_scan):
-      raw_i = jax.lax.dynamic_index_in_dim(self._hidden(x_scan, cond), i, axis=1, keepdims=False)
-      return self._set_next_token(x_scan, z_scan, raw_i, i)
-
-    x_scan = jax.lax.fori_loop(0, self.num_tokens - 1, decode_token, z_scan.at[:, 1:].set(0.0))
-    return self.from_scan_order(x_scan)
-
-  def inverse(self, z_BxNxc: jax.Array, t_B: jax.Array, labels_B=None) -> jax.Array:
-    """KV-cached inverse: N - 1 one-token Transformer steps under `jax.lax.fori_loop`."""
-    z_scan = self.to_scan_order(z_BxNxc)
-    batch = z_scan.shape[0]
-    cond = self._conditioning_Bxd(t_B, labels_B)
-    position_scan = self.to_scan_order(self.position())
-    cache_dtype = jnp.promote_types(self.dtype or z_scan.dtype, z_scan.dtype)
-    caches = [
-        layers.KVCache.zeros(batch, self.num_tokens, layer.attention.num_heads, layer.attention.head_dim,
-                             cache_dtype)
-        for layer in self.layers]
-    key_positions = jnp.arange(self.num_tokens)
-
-    def decode_token(i, carry):
-      x_scan, caches = carry
-      token = jax.lax.dynamic_index_in_dim(x_scan, i, axis=1, keepdims=True)
-      h = self.input_projection(token) + jax.lax.dynamic_index_in_dim(position_scan, i, axis=0)[None]
-      if cond is not None:
-        h = h + cond[:, None, :]
-      mask = (key_positions <= i)[None, :]
-      new_caches = []
-      for layer, cache in zip(self.layers, caches):
-        h, cache = layer.decode(h, cache, i, mask)
-        new_caches.append(cache)
-      raw_i = self.output_projection(self.final_norm(h))[:, 0]
-      return self._set_next_token(x_scan, z_scan, raw_i, i), new_caches
-
-    x_scan, _ = jax.lax.fori_loop(
-        0, self.num_tokens - 1, decode_token, (z_scan.at[:, 1:].set(0.0), caches))
-    return self.from_scan_order(x_scan)
-
-  @staticmethod
-  def _set_next_token(x_scan, z_scan, raw_i_Bx2c, i):
-    """x_{i+1} = z_{i+1} sigma + mu, with (mu, sigma) read from the output at token i."""
-    mu, log_sigma = affine_parameters(raw_i_Bx2c)
-    z_next = jax.lax.dynamic_index_in_dim(z_scan, i + 1, axis=1, keepdims=False)
-    x_next = z_next.astype(mu.dtype) * jnp.exp(log_sigma) + mu
-    return jax.lax.dynamic_update_index_in_dim(x_scan, x_next.astype(x_scan.dtype), i + 1, axis=1)
-
-
-class Transporter(nnx.Module):
-  """f_T: `num_blocks` flow blocks with alternating scan directions. Zero blocks is the identity."""
-
-  def __init__(self, cfg: TransporterConfig, num_tokens: int, token_dim: int, *, dtype, param_dtype,
-               rngs: nnx.Rngs):
-    self.blocks = nnx.List([
-        FlowBlock(cfg, num_tokens, token_dim, flip=bool(index % 2), dtype=dtype, param_dtype=param_dtype,
-                  rngs=rngs)
-        for index in range(cfg.num_blocks)])
-
-  def forward(self, x_BxNxc: jax.Array, t_B: jax.Array, labels_B=None,
-              dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """u = f_T(x; t) and log|det du/dx| per example (in at least float32); dropout only with a key."""
-    logdet = jnp.zeros(x_BxNxc.shape[:1], layers.compute_dtype_at_least_f32(x_BxNxc.dtype))
-    for block, block_key in zip(self.blocks, layers.split_or_none(dropout_key, len(self.blocks))):
-      x_BxNxc, block_logdet = block.forward(x_BxNxc, t_B, labels_B, block_key)
-      logdet = logdet + block_logdet
-    return x_BxNxc, logdet
-
-  def inverse(self, u_BxNxc: jax.Array, t_B: jax.Array, labels_B=None, *, use_cache: bool = True):
-    """x = f_T^-1(u; t): the blocks in reverse order, each decoded token by token."""
-    for block in reversed(self.blocks):
-      invert = block.inverse if use_cache else block.inverse_reference
-      u_BxNxc = invert(u_BxNxc, t_B, labels_B)
-    return u_BxNxc
+  def _sample(self, key, num_samples, condition=None, *, temperature: float = 1.0, dtype=jnp.float32):
+    """x = f^-1(temperature * z), z ~ N(0, I): N sequential one-token steps per block."""
+    image = self.cfg.image
+    z = temperature * jax.random.normal(key, (num_samples, image.num_tokens, image.token_dim), dtype)
+    return self.flow.inverse(z, jnp.zeros((num_samples,), dtype), condition)

@@ -1,0 +1,68 @@
+"""What each `--mode` of `python -m ntm_jax.main` does, and what it prints (one function per mode)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ntm_jax.evaluation import bits_per_dim, prompt_following
+from ntm_jax.parallel import checkpoint
+from ntm_jax.parallel import compile as compile_lib
+from ntm_jax.sampling import sampler
+from ntm_jax.training import compile as training_compile
+from ntm_jax.training import distill, train
+
+# Failures a user can meet and fix: printed as one line, without a traceback.
+EXPECTED_ERRORS = (FileNotFoundError, checkpoint.IncompatibleCheckpointError, train.NonFiniteLossError,
+                   compile_lib.CompiledMemoryError, compile_lib.MissingLibtpuError)
+
+
+def _train(config, workdir, split, which):
+  del split, which
+  train.train_and_evaluate(config, workdir)
+
+
+def _eval(config, workdir, split, which):
+  r = bits_per_dim.evaluate_checkpoint(config, workdir, split, which)
+  print(f"{split} bits/dim of step {r['step']} ({which}): {r['bpd_elbo']:.4f} +- {r['bpd_elbo_se']:.4f} (ELBO), "
+        f"{r['bpd_iw']:.4f} +- {r['bpd_iw_se']:.4f} (importance-weighted, M={r['importance_samples']}) over "
+        f"{r['num_examples']} images")
+
+
+def _sample(config, workdir, split, which):
+  del split
+  out = sampler.sample_checkpoint(config, workdir, which)
+  print(f"{config.sample.num_samples} samples from step {out['step']} ({which}) in {out['seconds']:.2f} s after "
+        f"compilation ({out['images_per_s']:.1f} images/s): {out['png']}, {out['npz']}")
+
+
+def _distill(config, workdir, split, which):
+  del split, which
+  out = distill.distill(config, workdir)
+  print(f"denoiser step {out['denoiser_step']} (target {out['target']}): held-out MSE {out['held_out_mse']:.5f} "
+        f"(identity map: {out['held_out_identity_mse']:.5f}) on fresh samples of NTM step {out['ntm_step']}")
+
+
+def _compile(config, workdir, split, which):
+  del split, which
+  report = training_compile.compile_for_topology(config)
+  print(compile_lib.format_report(report))
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, f"compile_{report['topology'].replace(':', '_')}.json"), "w") as f:
+    json.dump(report, f, indent=2)
+
+
+def _judge(config, workdir, split, which):
+  del split
+  results = prompt_following.judge_checkpoint(config, workdir, which)
+  print(f"shapes judge, step {results['step']} ({which}), {results['num_prompts']} prompts x "
+        f"{results['samples_per_prompt']} samples, T = {results['num_steps_T']}:")
+  print(prompt_following.format_results(results))
+
+
+MODES = {"train": _train, "eval": _eval, "sample": _sample, "distill": _distill, "compile": _compile,
+         "judge": _judge}
+
+
+def run(mode: str, config, workdir: str, eval_split: str = "test", eval_checkpoint: str = "best") -> None:
+  MODES[mode](config, workdir, eval_split, eval_checkpoint)
