@@ -42,7 +42,7 @@ def main():
         report = compile_for_topology(config)
       except compile_lib.CompiledMemoryError as error:
         report = {"topology": topology, "error": str(error)}
-      report.update(size=size, remat=config.model.predictor.remat)
+      report.update(size=size, remat=config.model.predictor.remat, scan_layers=config.model.scan_layers)
       rows.append(report)
       print(compile_lib.format_report(report) if "error" not in report else f"{size} on {topology}: {report['error']}",
             flush=True)

@@ -8,9 +8,10 @@ Two measurements, each a fresh process per run, the variants interleaved run by 
                 (`benchmarks/nll_step.py`, its median over --repeats within a run);
   tpu_compile   `python -m ntm_jax.main --config=configs/t2i.py:size=large --mode=compile` for v5p:4x4x4
                 (libtpu; no TPU needed): the train step's and the sampler's lowering + compile seconds.
-Variants: `baseline` (the checkout given by --baseline, run with its own code: before the stack existed,
-its layers were a Python loop), `scan` (this checkout, layers under jax.lax.scan) and `unrolled` (this
-checkout, `model.scan_layers=False`: the same stacked parameters, unrolled). A checkout that does not
+Variants: `baseline` (the checkout given by --baseline, run with its own code and defaults: before the
+stack existed, its layers were a Python loop), `scan` (this checkout, `model.scan_layers=true`: layers under
+jax.lax.scan) and `unrolled` (this checkout, `model.scan_layers=false`: the same stacked parameters,
+unrolled); both with remat "none", as the baseline's presets had. A checkout that does not
 know a flag this script passes is a run that fails, reported as such. Prints a table, writes JSON.
 """
 
@@ -75,7 +76,9 @@ def main():
   here = common.ROOT
   if args.smoke:
     args.runs, args.compile_runs = 1, 1
-  variants = {"scan": (here, []), "unrolled": (here, ["model.scan_layers=false"])}
+  no_remat = ["model.transporter.remat=none", "model.predictor.remat=none"]
+  variants = {"scan": (here, ["model.scan_layers=true", *no_remat]),
+              "unrolled": (here, ["model.scan_layers=false", *no_remat])}
   if args.baseline:
     variants = {"baseline": (os.path.abspath(args.baseline), []), **variants}
   can_compile = args.smoke or importlib.util.find_spec("libtpu") is not None

@@ -32,7 +32,9 @@ def base_config(args: dict) -> ml_collections.ConfigDict:
                      num_classes=args["num_classes"], remat="none"),
       dtype="float32",
       param_dtype="float32",
-      scan_layers=True,
+      # Unrolled layers: 1.38x faster on this CPU than jax.lax.scan for these small models (digits NTM
+      # forward + backward 209 against 289 ms, benchmarks/layer_stack.py); scan is for deep TPU presets.
+      scan_layers=False,
   )
   # Device mesh (ntm_jax.parallel.mesh): -1 fills with the remaining devices; dcn_* axes span TPU slices.
   config.mesh = dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1)

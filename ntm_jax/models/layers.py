@@ -133,18 +133,18 @@ class Attention(nnx.Module):
     q, k, v = self._split_heads(x_BxLxD)
     return self._attend(q, k, v, mask_LxL)
 
-  def decode(self, x_BxSxD: jax.Array, cache: KVCache, start, mask_SxL: jax.Array):
-    """Attends S new tokens, placed at position `start`, over this layer's cache [B, L, heads, head_dim].
+  def decode(self, x_BxSxD: jax.Array, cache: KVCache, layer, start, mask_SxL: jax.Array):
+    """Writes S new tokens' keys and values at position `start` of this layer's rows of a stack's cache
+    ([depth, B, L, heads, head_dim]; this layer is row `layer`), in place, and attends over them.
 
     `mask_SxL` says which cache positions each new token may see; positions not yet written must be
-    masked out by the caller. Returns the output and the new tokens' keys and values (KVCache [B, S, ...]):
-    the caller writes them into its cache, in place.
+    masked out by the caller. Returns (output, the updated cache).
     """
     q, k, v = self._split_heads(x_BxSxD)
-    new = KVCache(k.astype(cache.keys.dtype), v.astype(cache.values.dtype))
-    keys = jax.lax.dynamic_update_slice_in_dim(cache.keys, new.keys, start, axis=1)
-    values = jax.lax.dynamic_update_slice_in_dim(cache.values, new.values, start, axis=1)
-    return self._attend(q, keys, values, mask_SxL), new
+    write = lambda stacked, rows: jax.lax.dynamic_update_slice(  # noqa: E731
+        stacked, rows.astype(stacked.dtype)[None], (layer, 0, start, 0, 0))
+    cache = KVCache(write(cache.keys, k), write(cache.values, v))
+    return self._attend(q, cache.keys[layer], cache.values[layer], mask_SxL), cache
 
 
 class MLP(nnx.Module):

@@ -51,11 +51,11 @@ class TransformerLayer(nnx.Module):
     x_BxLxD = x_BxLxD + layers.dropout(attended, self.dropout_rate, attention_key)
     return x_BxLxD + layers.dropout(self.mlp(self.mlp_norm(x_BxLxD)), self.dropout_rate, mlp_key)
 
-  def decode(self, x_BxSxD: jax.Array, cache: layers.KVCache, start, mask_SxL: jax.Array):
-    """(outputs, the new tokens' keys and values) for S new tokens at `start` of this layer's cache."""
-    attended, new = self.attention.decode(self.attention_norm(x_BxSxD), cache, start, mask_SxL)
+  def decode(self, x_BxSxD: jax.Array, cache: layers.KVCache, layer, start, mask_SxL: jax.Array):
+    """(outputs, updated cache) for S new tokens at `start` of row `layer` of a stack's cache."""
+    attended, cache = self.attention.decode(self.attention_norm(x_BxSxD), cache, layer, start, mask_SxL)
     x_BxSxD = x_BxSxD + attended
-    return x_BxSxD + self.mlp(self.mlp_norm(x_BxSxD)), new
+    return x_BxSxD + self.mlp(self.mlp_norm(x_BxSxD)), cache
 
 
 class TransformerStack(nnx.Module):
@@ -118,10 +118,7 @@ class TransformerStack(nnx.Module):
 
     def body(carry, layer, index):
       h, cache = carry
-      layer_cache = layers.KVCache(cache.keys[index], cache.values[index])
-      h, new = layer.decode(h, layer_cache, start, mask_SxL)
-      write = lambda stacked, rows: jax.lax.dynamic_update_slice(stacked, rows[None], (index, 0, start, 0, 0))
-      return (h, layers.KVCache(write(cache.keys, new.keys), write(cache.values, new.values))), None
+      return layer.decode(h, cache, index, start, mask_SxL), None
 
     (out, cache), _ = self._scan(body, (x_BxSxD, cache), jnp.arange(self.depth))
     return out, cache

@@ -122,6 +122,11 @@ def compile_programs(programs, topology: str, mesh) -> list[dict]:
   return rows
 
 
+LOOP_NOTE = ("XLA's FLOP and HBM-byte counts take a loop body once: with model.scan_layers=true they cover one "
+             "layer of each stack (and, in the sampler, one decoding step); compile with "
+             "--config.model.scan_layers=false for whole-model counts")
+
+
 def format_report(report: dict) -> str:
   lines = [(f"{report['topology']} x {report['num_slices']} slice(s), {report['chips']} chips, mesh {report['mesh']}, "
             f"{report['parameters'] / 1e6:.1f} M parameters, global batch {report['batch_size']}")]
@@ -132,4 +137,6 @@ def format_report(report: dict) -> str:
         f"{p['alias_gib']:.2f}); {p['tflops_per_chip']:.3f} TFLOP and {p['hbm_gb_per_chip']:.2f} GB of HBM traffic "
         f"per chip; {p['step_ms_at_peak']:.2f} ms at peak; MFU bound {p['mfu_bound']:.2f}; compiled in "
         f"{p['compile_s']:.1f} s")
+  if report.get("scan_layers"):
+    lines.append(f"  note: {LOOP_NOTE}")
   return "\n".join(lines)

@@ -57,4 +57,5 @@ def compile_for_topology(config: ml_collections.ConfigDict) -> dict:
   with mesh_lib.use(mesh):
     rows = compile_lib.compile_programs(programs, spec.topology, mesh)
   return {"topology": spec.topology, "num_slices": spec.num_slices, "chips": len(devices), "mesh": dict(mesh.shape),
-          "parameters": setup.num_params, "batch_size": batch_size, "programs": rows}
+          "parameters": setup.num_params, "batch_size": batch_size, "scan_layers": setup.model_cfg.scan_layers,
+          "programs": rows}
