@@ -53,8 +53,8 @@ def test_a_leaky_predictor_breaks_the_change_of_variables_check(x64, monkeypatch
   exact_gap = abs(float(-model.trajectory_log_prob(x, times)["nll"][0] - _brute_force_log_prob(model, x, times)))
   assert exact_gap < 1e-8
 
-  def full_attention(self, num_levels):
-    return jnp.ones((num_levels * self.num_tokens,) * 2, dtype=bool)
+  def full_attention(self, num_steps):
+    return jnp.ones((num_steps * self.num_tokens,) * 2, dtype=bool)
 
   monkeypatch.setattr(TrajectoryPredictor, "attention_mask", full_attention)
   leaky_gap = abs(float(-model.trajectory_log_prob(x, times)["nll"][0] - _brute_force_log_prob(model, x, times)))

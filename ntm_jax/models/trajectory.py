@@ -116,10 +116,10 @@ def trajectory_nll_parts(x_noise_Bx_: jax.Array, u_targets_BxTx_: jax.Array, mu_
     `transition_nll` [B, T] (-log p(x_{k-1} | x_{>=k}) at index k - 1), `z` and `mu` [B, T, ...].
   """
   z = (u_targets_BxTx_ - mu_BxTx_) / sigma_BxTx_
-  batch, num_levels = z.shape[:2]
-  flat_z = z.reshape(batch, num_levels, -1)
+  batch, num_steps = z.shape[:2]
+  flat_z = z.reshape(batch, num_steps, -1)
   gaussian_BxT = 0.5 * jnp.sum(flat_z * flat_z, axis=2) + flat_z.shape[2] * _HALF_LOG_2PI
-  log_sigma_BxT = jnp.sum(jnp.log(sigma_BxTx_).reshape(batch, num_levels, -1), axis=2)
+  log_sigma_BxT = jnp.sum(jnp.log(sigma_BxTx_).reshape(batch, num_steps, -1), axis=2)
   prior = standard_normal_nll(x_noise_Bx_)
   # -log p(x_{k-1} | x_k, ..., x_T): each one a normalised density over x_{k-1}.
   transition_nll_BxT = gaussian_BxT + log_sigma_BxT - transporter_logdet_BxT
