@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
-from ntm_jax import data  # noqa: E402
+from ntm_jax import data, latents  # noqa: E402
 from ntm_jax.evaluation import bits_per_dim, sample_quality  # noqa: E402
 from ntm_jax.parallel import checkpoint  # noqa: E402
 from ntm_jax.sampling import sampler as sampling  # noqa: E402
@@ -52,7 +52,7 @@ def test_bits_per_dim(config, workdir, importance_samples):
   graphdef, params, step, model_cfg = checkpoint.restore_params(config, workdir, "best")
   source = data.load_split(config.data.name, "test", config.data.data_dir)
   results = bits_per_dim.evaluate_bits_per_dim(graphdef, params, model_cfg, source,
-                                               pixel_levels=config.data.pixel_levels,
+                                               space=latents.space_of(config),
                                                batch_size=config.eval.batch_size,
                                                importance_samples=importance_samples, seed=config.seed)
   return {**results, "best_step": step}

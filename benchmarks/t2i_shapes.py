@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
-from ntm_jax import data, models  # noqa: E402
+from ntm_jax import data, latents, models  # noqa: E402
 from ntm_jax.data.builders import shapes_scenes  # noqa: E402
 from ntm_jax.evaluation import bits_per_dim, prompt_following  # noqa: E402
 from ntm_jax.parallel import checkpoint  # noqa: E402
@@ -50,20 +50,21 @@ def training_minutes(workdir: str) -> float | None:
 
 
 def caption_gain(config, workdir: str, max_examples: int | None = None) -> dict[str, float]:
-  """Validation bits/dim (ELBO, M = 1) of the best checkpoint with the true and with shuffled captions."""
+  """Validation bits/dim (ELBO, M = 1; nats per latent dim for a latent model) of the best checkpoint with the
+  true and with shuffled captions."""
   graphdef, params, _, model_cfg = checkpoint.restore_params(config, workdir, "best")
-  split = data.load_split("shapes", "validation")
+  space = latents.space_of(config)
+  split = space.load_split(config, "validation", model_cfg)
   examples = [split.source[i] for i in range(min(split.num_examples, max_examples or split.num_examples))]
   order = np.random.default_rng(0).permutation(len(examples))
   shuffled = [dict(e, caption=examples[j]["caption"]) for e, j in zip(examples, order)]
-  out = {}
+  out = {"likelihood_unit": space.unit}
   for name, rows in (("true", examples), ("shuffled", shuffled)):
     source = data.with_text_features(dataclasses.replace(split, source=rows, num_examples=len(rows)), "shapes",
                                      config.text.encoder, config.text.max_tokens)
-    results = bits_per_dim.evaluate_bits_per_dim(graphdef, params, model_cfg, source,
-                                                 pixel_levels=config.data.pixel_levels, batch_size=250,
+    results = bits_per_dim.evaluate_bits_per_dim(graphdef, params, model_cfg, source, space=space, batch_size=250,
                                                  seed=config.seed)
-    out[f"bpd_{name}_captions"] = results["bpd_elbo"]
+    out[f"{name}_captions"] = results[f"{space.metric_prefix}_elbo"]
   return out
 
 
@@ -114,12 +115,12 @@ def main():
 
   categories = list(shapes_scenes.CATEGORIES)
   header = f"{'model':>9} {'params':>8} {'steps':>6} {'train min':>9} {'w':>4} " + " ".join(f"{c[:12]:>12}" for c in categories)
-  print(header + f" {'overall':>8} {'sample s':>8} {'bpd true/shuffled captions':>27}")
+  print(header + f" {'overall':>8} {'sample s':>8} {'likelihood true/shuffled captions':>34}")
   for r in rows:
     minutes = f"{r['train_minutes']:.1f}" if r["train_minutes"] else "-"
     print(f"{r['model']:>9} {r['parameters'] / 1e6:>7.2f}M {r['step']:>6} {minutes:>9} {r['guidance_scale']:>4g} "
           + " ".join(f"{r[c]:>12.3f}" for c in categories) + f" {r['overall']:>8.3f} {r['seconds']:>8.1f} "
-          f"{r['bpd_true_captions']:>13.4f} / {r['bpd_shuffled_captions']:.4f}")
+          f"{r['true_captions']:>13.4f} / {r['shuffled_captions']:.4f} {r['likelihood_unit']}")
   common.write_json(args.out, {"device": str(jax.devices()[0]), "temperature": args.temperature,
                                "denoise": args.denoise, "prompts_per_category": args.prompts_per_category,
                                "samples_per_prompt": args.samples_per_prompt, "rows": rows})

@@ -10,6 +10,9 @@
 Images are uint8 in 0..255 both ways. A data set with K < 256 levels (digits: 17) is shown stretched to
 0..255 and read back to the nearest of its K levels; `levels=True` passes integer levels 0..K-1 as stored
 in the data set instead. Conditional models take `labels` (class models) or `prompts` (text models).
+A latent model (trained on an autoencoder's latents, ntm_jax.latents) takes and gives images too: they are
+encoded on the way in and decoded on the way out; its likelihoods are `nats_per_latent_dim` (pixel bits/dim
+are refused, D7), and its trajectories live in latent space.
 Everything runs jitted on the default devices; programs are cached per batch shape. Every model answers
 through the same interface (ntm_jax.models.generative), so nothing here depends on which model a run holds.
 """
@@ -26,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ntm_jax import models
-from ntm_jax.data import dequantization, text_features
+from ntm_jax import latents, models
+from ntm_jax.data import text_features
 from ntm_jax.evaluation import bits_per_dim
 from ntm_jax.models import patches
 from ntm_jax.parallel import checkpoint as run_checkpoint
@@ -52,14 +55,18 @@ class Model:
   def __init__(self, config, graphdef, params, step, model_cfg, workdir):
     self.config, self.graphdef, self.params = config, graphdef, params
     self.step, self.model_cfg, self.workdir = step, model_cfg, workdir
-    self.pixel_levels = int(config.data.pixel_levels)
+    self.space = latents.space_of(config)  # pixels, or the latents of the run's autoencoder
+    self.is_latent = isinstance(self.space, latents.LatentSpace)
+    self.pixel_levels = self.space.pixel_levels
     self.kind = model_cfg.kind  # what the run holds ("ntm", "tarflow", "flow_matching"), for display
     self.condition_kind = model_cfg.condition_kind
     image = model_cfg.image
-    self.image_shape = (image.height, image.width, image.channels)
+    self.model_shape = (image.height, image.width, image.channels)  # what the flow models: pixels or latents
+    self.image_shape = self.space.autoencoder.image_shape if self.is_latent else self.model_shape
 
   def __repr__(self):
-    return (f"ntm_jax.Model({self.kind}, {self.condition_kind} condition, images {self.image_shape}, "
+    latent = f", latents {self.model_shape}" if self.is_latent else ""
+    return (f"ntm_jax.Model({self.kind}, {self.condition_kind} condition, images {self.image_shape}{latent}, "
             f"T = {self.model_cfg.num_steps}, step {self.step}, {self.workdir})")
 
   # -- sampling ------------------------------------------------------------------------------------------
@@ -74,7 +81,7 @@ class Model:
                                      temperature=float(temperature), denoise=bool(denoise), sampler=sampler)
     fn = self._sample_fn(n, tuple(sorted(options.items())))
     model_space = fn(self.params, jax.random.key(seed), condition)
-    return images.to_uint8(np.asarray(model_space), self.pixel_levels)
+    return images.to_uint8(self.space.to_pixels(model_space), self.pixel_levels)
 
   @functools.lru_cache(maxsize=16)
   def _sample_fn(self, n, options):
@@ -85,25 +92,39 @@ class Model:
                    importance_samples: int = 16, seed: int = 0, levels: bool = False,
                    bound: str = "iw") -> np.ndarray:
     """Bits/dim per image (float64 [B]): the importance-weighted bound with M = `importance_samples`
-    (`bound="iw"`) or the single-draw ELBO (`"elbo"`), one dequantisation draw per image (D7)."""
+    (`bound="iw"`) or the single-draw ELBO (`"elbo"`), one dequantisation draw per image (D7). Pixel models
+    only: a latent model refuses (see `nats_per_latent_dim`)."""
+    self.space.check_metric(f"bpd_{bound}")
+    return self._per_dim(images_uint8, labels, prompts, importance_samples, seed, levels, bound)
+
+  def nats_per_latent_dim(self, images_uint8, labels=None, prompts: Sequence[str] | None = None,
+                          importance_samples: int = 16, seed: int = 0, bound: str = "iw") -> np.ndarray:
+    """A latent model's lower bound on log p(z | y) of each image's noise-augmented latent, in nats per latent
+    dimension (float64 [B]); not comparable to pixel bits/dim."""
+    if not self.is_latent:
+      raise ValueError("nats_per_latent_dim is for latent models; this model is in pixel space (bits_per_dim)")
+    return self._per_dim(images_uint8, labels, prompts, importance_samples, seed, False, bound)
+
+  def _per_dim(self, images_uint8, labels, prompts, importance_samples, seed, levels, bound) -> np.ndarray:
     if bound not in ("iw", "elbo"):
       raise ValueError(f"bound must be 'iw' or 'elbo', got {bound!r}")
-    images_int = self._to_levels(images_uint8, levels)
-    condition = self._condition(images_int.shape[0], labels, prompts)
+    stored = self._stored(images_uint8, levels)
+    condition = self._condition(stored.shape[0], labels, prompts)
     fn = self._bound_fn(int(importance_samples))
-    nats = np.asarray(fn(self.params, jnp.asarray(images_int), condition, jax.random.key(seed))[bound], np.float64)
-    return dequantization.bits_per_dim(-nats, int(np.prod(self.image_shape)), self.pixel_levels)
+    nats = np.asarray(fn(self.params, stored, condition, jax.random.key(seed))[bound], np.float64)
+    return self.space.per_dim(-nats, int(np.prod(self.model_shape)))
 
   @functools.lru_cache(maxsize=8)
   def _bound_fn(self, importance_samples):
-    return bits_per_dim.make_bound_fn(self.graphdef, self.pixel_levels, importance_samples)
+    return bits_per_dim.make_bound_fn(self.graphdef, self.space, importance_samples)
 
   def forward_trajectory(self, images_uint8, seed: int = 0, steps: int | None = None,
                          levels: bool = False) -> np.ndarray:
-    """X ~ q(X | x_0) of the forward chain for dequantised images: float32 [B, T + 1, H, W, C], model space."""
-    images_int = jnp.asarray(self._to_levels(images_uint8, levels))
+    """X ~ q(X | x_0) of the forward chain for dequantised images (a latent model: their noise-augmented
+    latents): float32 [B, T + 1, h, w, c], model space."""
+    stored = self._stored(images_uint8, levels)
     dequant_key, chain_key = jax.random.split(jax.random.key(seed))
-    x0 = dequantization.dequantize(images_int, dequant_key, self.pixel_levels)
+    x0 = self.space.to_model(stored, dequant_key)
     return np.asarray(nnx.merge(self.graphdef, self.params).forward_trajectory(chain_key, x0, steps))
 
   def trajectory_log_prob(self, trajectory_x, labels=None, prompts: Sequence[str] | None = None) -> np.ndarray:
@@ -114,8 +135,8 @@ class Model:
     parameters cast up, under jax's x64 mode); any other floating-point trajectory in float32.
     """
     x = np.asarray(trajectory_x)
-    if x.ndim != 5 or tuple(x.shape[2:]) != self.image_shape:
-      raise ValueError(f"a trajectory must have shape [batch, T + 1, {', '.join(map(str, self.image_shape))}], "
+    if x.ndim != 5 or tuple(x.shape[2:]) != self.model_shape:
+      raise ValueError(f"a trajectory must have shape [batch, T + 1, {', '.join(map(str, self.model_shape))}], "
                        f"got {tuple(x.shape)}")
     if not np.issubdtype(x.dtype, np.floating):
       raise ValueError(f"a trajectory must be floating point (model space), got {x.dtype}")
@@ -143,6 +164,17 @@ class Model:
     return jax.jit(log_prob), params
 
   # -- inputs --------------------------------------------------------------------------------------------
+  def _stored(self, images_uint8, levels: bool) -> jax.Array:
+    """What the data set would store for these images: integer levels, or a latent model's latents."""
+    images_int = self._to_levels(images_uint8, levels)
+    if not self.is_latent:
+      return jnp.asarray(images_int)
+    return self._encode(2.0 * (jnp.asarray(images_int, jnp.float32) + 0.5) / self.pixel_levels - 1.0)
+
+  @functools.cached_property
+  def _encode(self):
+    return self.space.autoencoder.encode_fn()
+
   def _to_levels(self, images_uint8, levels: bool) -> np.ndarray:
     """Integer levels 0..K-1 [B, H, W, C] from uint8 images (stretched to 0..255, or levels if `levels`)."""
     array = np.asarray(images_uint8)

@@ -23,13 +23,15 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with arguments: configs/digits.py:tarflow,steps=2000.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "distill", "compile", "judge"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "distill", "compile", "judge", "encode"],
                           "train: train (resuming from the workdir) and evaluate; eval: bits/dim of the "
                           "checkpoint chosen by --eval_checkpoint on --eval_split; sample: a PNG grid and an "
                           ".npz of samples from that checkpoint (settings in config.sample); distill: train the "
                           "light denoiser that replaces the last inversion on the model's own samples; compile: "
                           "ahead-of-time compilation for the TPU topology in config.compile (needs libtpu); judge: "
-                          "GenEval-style prompt-following scores of a `shapes` text-to-image model (config.judge).")
+                          "GenEval-style prompt-following scores of a `shapes` text-to-image model (config.judge); encode: write "
+                          "the latents of config.data by the autoencoder of config.latent (what a latent model "
+                          "trains on).")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first: set by the multi-host launchers in launch/ "
     "(on TPU VMs and GKE it finds the coordinator and the process index itself).")

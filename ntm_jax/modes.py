@@ -6,11 +6,12 @@ import json
 import os
 
 from ntm_jax.evaluation import bits_per_dim, prompt_following
+from ntm_jax.latents import encode
 from ntm_jax.parallel import checkpoint
 from ntm_jax.parallel import compile as compile_lib
 from ntm_jax.sampling import sampler
+from ntm_jax.training import autoencoder, distill, train
 from ntm_jax.training import compile as training_compile
-from ntm_jax.training import distill, train
 
 # Failures a user can meet and fix: printed as one line, without a traceback.
 EXPECTED_ERRORS = (FileNotFoundError, checkpoint.IncompatibleCheckpointError, train.NonFiniteLossError,
@@ -19,13 +20,17 @@ EXPECTED_ERRORS = (FileNotFoundError, checkpoint.IncompatibleCheckpointError, tr
 
 def _train(config, workdir, split, which):
   del split, which
-  train.train_and_evaluate(config, workdir)
+  if config.get("trainer") == "autoencoder":  # configs/autoencoder.py: its own train loop
+    autoencoder.train_autoencoder(config, workdir)
+  else:
+    train.train_and_evaluate(config, workdir)
 
 
 def _eval(config, workdir, split, which):
   r = bits_per_dim.evaluate_checkpoint(config, workdir, split, which)
-  print(f"{split} bits/dim of step {r['step']} ({which}): {r['bpd_elbo']:.4f} +- {r['bpd_elbo_se']:.4f} (ELBO), "
-        f"{r['bpd_iw']:.4f} +- {r['bpd_iw_se']:.4f} (importance-weighted, M={r['importance_samples']}) over "
+  p = r["metric_prefix"]  # bpd, or nats_per_dim for a latent model
+  print(f"{split} {r['unit']} of step {r['step']} ({which}): {r[p + '_elbo']:.4f} +- {r[p + '_elbo_se']:.4f} (ELBO), "
+        f"{r[p + '_iw']:.4f} +- {r[p + '_iw_se']:.4f} (importance-weighted, M={r['importance_samples']}) over "
         f"{r['num_examples']} images")
 
 
@@ -60,9 +65,19 @@ def _judge(config, workdir, split, which):
   print(prompt_following.format_results(results))
 
 
+def _encode(config, workdir, split, which):
+  del workdir, split, which
+  out = encode.encode_dataset(config)
+  print(f"latents of {config.data.name!r} ({', '.join(f'{k} {v}' for k, v in out['splits'].items())}) in "
+        f"{out['directory']} ({out['seconds']:.0f} s)")
+
+
 MODES = {"train": _train, "eval": _eval, "sample": _sample, "distill": _distill, "compile": _compile,
-         "judge": _judge}
+         "judge": _judge, "encode": _encode}
 
 
 def run(mode: str, config, workdir: str, eval_split: str = "test", eval_checkpoint: str = "best") -> None:
+  if config.get("trainer") == "autoencoder" and mode != "train":
+    raise ValueError(f"--mode={mode} is for the generative models; an autoencoder config only trains "
+                     "(--mode=train), and the flows read its latents")
   MODES[mode](config, workdir, eval_split, eval_checkpoint)

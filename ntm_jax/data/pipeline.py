@@ -10,6 +10,8 @@ Data sets:
   shapes            captioned scenes drawn by ntm_jax.data.builders.shapes, built locally on first use
   folder:PATH       a folder of images (class sub-folders optional), built locally on first use
   any other name    a TFDS data set already prepared in `data.data_dir` (array_record), by name
+Latent data sets (`--mode=encode`, ntm_jax.latents) are TFDS directories read by `load_directory_split`;
+their float32 "image" is a latent, passed on as it is.
 """
 
 from __future__ import annotations
@@ -41,7 +43,9 @@ def default_data_dir() -> str:
 
 
 def _keep_image_and_label(example):
-  out = {"image": np.asarray(example["image"], np.int32)}
+  image = np.asarray(example["image"])
+  # Integer images stay integers (dequantised on device, D5); continuous latents stay float32.
+  out = {"image": image.astype(np.int32 if np.issubdtype(image.dtype, np.integer) else np.float32)}
   if "label" in example:
     out["label"] = np.asarray(example["label"], np.int32)
   return out
@@ -90,7 +94,18 @@ def load_builder(name: str, data_dir: str = "") -> tfds.core.DatasetBuilder:
 
 
 def load_split(name: str, split: str, data_dir: str = "") -> DataSource:
-  builder = load_builder(name, data_dir)
+  return split_of_builder(load_builder(name, data_dir), name, split)
+
+
+def load_directory_split(directory: str, split: str, name: str = "") -> DataSource:
+  """One split of a TFDS data set written to `directory` (dataset_info.json and array_record shards), such as
+  the latents `--mode=encode` writes."""
+  if not os.path.isfile(os.path.join(directory, "dataset_info.json")):
+    raise FileNotFoundError(f"no prepared data set in {directory} (no dataset_info.json)")
+  return split_of_builder(tfds.builder_from_directory(directory), name or directory, split)
+
+
+def split_of_builder(builder: tfds.core.DatasetBuilder, name: str, split: str) -> DataSource:
   if split not in builder.info.splits:
     raise ValueError(f"data set {name!r} has no split {split!r}; it has {sorted(builder.info.splits)}")
   features = builder.info.features
@@ -119,11 +134,16 @@ def check_matches_config(data: DataSource, expected: tuple[int, int, int], name:
         "(set config.model.image to the data set's shape)")
 
 
-def load_model_split(config, split: str, image_shape: tuple[int, int, int], condition_kind: str) -> DataSource:
-  """One split of the data set of `config.data`, checked against the model's [H, W, C] and its condition:
-  class labels must be there for a class model, and a text model's examples gain text features."""
-  source = load_split(config.data.name, split, config.data.data_dir)
-  check_matches_config(source, image_shape, config.data.name)
+def load_model_split(config, split: str, image_shape: tuple[int, int, int], condition_kind: str,
+                     directory: str = "") -> DataSource:
+  """One split of the data set of `config.data` (or the one written to `directory`: a latent data set),
+  checked against the model's [H, W, C] and its condition: class labels must be there for a class model,
+  and a text model's examples gain text features."""
+  if directory:
+    source = load_directory_split(directory, split, f"{config.data.name} latents in {directory}")
+  else:
+    source = load_split(config.data.name, split, config.data.data_dir)
+  check_matches_config(source, image_shape, config.data.name if not directory else f"latents in {directory}")
   if condition_kind == "label" and not source.has_labels:
     raise ValueError(f"the model is class-conditional but data set {config.data.name!r} has no labels")
   if condition_kind == "text":

@@ -1,4 +1,5 @@
-"""Held-out bits per dimension over a full split (NTM.md D7, D.2), and `--mode=eval`.
+"""Held-out bits per dimension over a full split (NTM.md D7, D.2), and `--mode=eval`; for a latent model,
+nats per latent dimension instead (ntm_jax.latents.space).
 
 Every model gives lower bounds on log p(x_0 | y) per image through the one interface
 (`GenerativeModel.log_likelihood`): for NTM and flow matching, with the forward chain as the variational
@@ -13,7 +14,6 @@ one dequantisation draw per image; the table reports the mean over the split and
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import jax
@@ -23,25 +23,25 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ntm_jax import data
-from ntm_jax.data import dequantization
+from ntm_jax import data, latents
 from ntm_jax.models import conditioning
 from ntm_jax.models.config import ModelConfig
 from ntm_jax.parallel import checkpoint
 from ntm_jax.parallel import mesh as mesh_lib
 
 
-def make_bound_fn(graphdef, pixel_levels: int, importance_samples: int, mesh=None):
-  """A jitted fn(params, images_int, condition, key) -> {"elbo": [B], "iw": [B]} in nats.
+def make_bound_fn(graphdef, space: latents.PixelSpace, importance_samples: int, mesh=None):
+  """A jitted fn(params, stored images, condition, key) -> {"elbo": [B], "iw": [B]} in nats; `space` turns the
+  stored examples into model inputs (dequantised pixels, or noise-augmented latents).
 
   On a `mesh` the results are replicated, so every process of a multi-host job can read them.
   """
   if importance_samples < 1:
     raise ValueError(f"eval.importance_samples must be >= 1, got {importance_samples}")
 
-  def bounds(params, images_int, condition, key):
+  def bounds(params, stored, condition, key):
     dequant_key, bound_key = jax.random.split(key)
-    images = dequantization.dequantize(images_int, dequant_key, pixel_levels)
+    images = space.to_model(stored, dequant_key)
     return nnx.merge(graphdef, params).log_likelihood(bound_key, images, condition,
                                                        importance_samples=importance_samples)
 
@@ -49,15 +49,16 @@ def make_bound_fn(graphdef, pixel_levels: int, importance_samples: int, mesh=Non
   return jax.jit(bounds, out_shardings=replicated)
 
 
-def evaluate_bits_per_dim(graphdef, params, cfg: ModelConfig, source: data.DataSource, *, pixel_levels: int,
+def evaluate_bits_per_dim(graphdef, params, cfg: ModelConfig, source: data.DataSource, *, space: latents.PixelSpace,
                           batch_size: int, importance_samples: int = 1, seed: int = 0,
                           bound_fn=None, mesh=None) -> dict[str, float]:
-  """Mean bits/dim (ELBO and importance-weighted) with standard errors over every example of `source`.
+  """Mean bits/dim (ELBO and importance-weighted; nats per latent dim in a latent space) with standard errors
+  over every example of `source`.
 
   On a `mesh` (training), each batch enters as a global array: every process reads the same batch, and
   the model's batch constraints spread the work over the devices.
   """
-  bound_fn = bound_fn or make_bound_fn(graphdef, pixel_levels, importance_samples, mesh)
+  bound_fn = bound_fn or make_bound_fn(graphdef, space, importance_samples, mesh)
   if mesh is not None:
     replicated = NamedSharding(mesh, PartitionSpec())
     to_device = lambda x: jax.make_array_from_process_local_data(replicated, x)
@@ -75,10 +76,7 @@ def evaluate_bits_per_dim(graphdef, params, cfg: ModelConfig, source: data.DataS
   results = {"num_examples": int(sum(len(x) for x in per_image["elbo"]))}
   if results["num_examples"] != source.num_examples:
     raise RuntimeError(f"evaluated {results['num_examples']} of {source.num_examples} examples")
-  for name, values in per_image.items():
-    bpd = dequantization.bits_per_dim(-np.concatenate(values), cfg.image.num_dims, pixel_levels)
-    results[f"bpd_{name}"] = float(np.mean(bpd))
-    results[f"bpd_{name}_se"] = float(np.std(bpd, ddof=1) / math.sqrt(len(bpd)))
+  results.update(space.likelihood_results({k: np.concatenate(v) for k, v in per_image.items()}, cfg.image.num_dims))
   results["num_steps_T"] = cfg.num_steps
   results["importance_samples"] = importance_samples
   return results
@@ -86,17 +84,18 @@ def evaluate_bits_per_dim(graphdef, params, cfg: ModelConfig, source: data.DataS
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, split: str = "test",
                         which: str = "best") -> dict:
-  """--mode=eval: bits/dim over the full `split` of the EMA parameters of the `best` (by validation) or
-  `latest` step; also written to WORKDIR/eval_<split>.json."""
+  """--mode=eval: bits/dim (nats per latent dim for a latent model) over the full `split` of the EMA parameters
+  of the `best` (by validation) or `latest` step; also written to WORKDIR/eval_<split>.json."""
+  space = latents.space_of(config)
   mesh = mesh_lib.make_mesh(config.mesh.to_dict())
   graphdef, params, step, model_cfg = checkpoint.restore_params(config, workdir, which, mesh)
-  source = data.load_model_split(config, split, model_cfg.image.shape, model_cfg.condition_kind)
+  source = space.load_split(config, split, model_cfg)
   with mesh_lib.use(mesh):
     results = evaluate_bits_per_dim(
-        graphdef, params, model_cfg, source, pixel_levels=config.data.pixel_levels,
+        graphdef, params, model_cfg, source, space=space,
         batch_size=config.eval.batch_size, importance_samples=config.eval.importance_samples, seed=config.seed,
         mesh=mesh)
-  results.update(step=step, split=split, checkpoint=which)
+  results.update(step=step, split=split, checkpoint=which, unit=space.unit, metric_prefix=space.metric_prefix)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, f"eval_{split}.json"), "w") as f:
       json.dump(results, f, indent=2)

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ntm_jax import latents
 from ntm_jax.data import text_features
 from ntm_jax.data.builders import shapes_scenes
 from ntm_jax.evaluation import shapes_judge
@@ -36,6 +37,7 @@ def judge_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: str
   """Samples the fixed prompts from a checkpoint's EMA parameters and scores them; writes judge_*.json/png."""
   if config.data.name != "shapes":
     raise ValueError(f"--mode=judge scores `shapes` models; this config trains on {config.data.name!r}")
+  space = latents.space_of(config)  # a latent model's samples are decoded before they are judged
   mesh = mesh_lib.make_mesh(config.mesh.to_dict())
   graphdef, params, step, model_cfg = checkpoint.restore_params(config, workdir, which, mesh)
   if model_cfg.condition_kind != "text":
@@ -62,7 +64,7 @@ def judge_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: str
       with mesh_lib.use(mesh):
         out = np.asarray(jax.device_get(sample_fn(params, key, chunk)))
       samples.append(out[:len(all_prompts) - first])
-    uint8 = images.to_uint8(np.concatenate(samples), config.data.pixel_levels)
+    uint8 = images.to_uint8(space.to_pixels(np.concatenate(samples)), space.pixel_levels)
     scores = shapes_judge.score(uint8, all_prompts)
     scores["seconds"] = time.perf_counter() - start
     results["by_guidance_scale"][f"{scale:g}"] = scores

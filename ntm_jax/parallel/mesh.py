@@ -44,6 +44,10 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("qkv", ()),
     ("text_dim", ()),             # the text encoder's width (its embeddings are inputs, not parameters)
     ("layers", ()),               # the stacked layers of a Transformer stack (scanned over, never split)
+    ("conv_window", ()),          # the autoencoder's convolutions: small, replicated
+    ("conv_in", ()),
+    ("conv_out", ()),
+    ("latent_channels", ()),
 )
 _RULES = dict(LOGICAL_AXIS_RULES)
 

@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ntm_jax import data, models
+from ntm_jax import data, latents, models
 from ntm_jax.data import text_features
 from ntm_jax.data.builders import shapes_scenes
 from ntm_jax.models.denoiser import Denoiser
@@ -131,9 +131,10 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: st
   the inversion of f_T.
 
   Writes WORKDIR/samples/sample_<step>_T<T>_w<scale>_seed<seed>.png (a grid) and .npz (`images` uint8 and
-  `model_space` float32 [B, H, W, C], `labels`, `captions`); returns the paths and the sampling time after
-  compilation.
+  `model_space` float32 [B, H, W, C]: a latent model's latents, `labels`, `captions`); returns the paths
+  and the sampling time after compilation (a latent model's decoding included).
   """
+  space = latents.space_of(config)  # a latent model's samples are decoded to images
   mesh = mesh_lib.make_mesh(config.mesh.to_dict())
   graphdef, params, step, model_cfg = checkpoint.restore_params(config, workdir, which, mesh)
   spec = config.sample
@@ -153,7 +154,12 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: st
     start = time.perf_counter()
     model_space = np.asarray(jax.block_until_ready(compiled(params, key, condition, denoiser_params)))
     seconds = time.perf_counter() - start
-  uint8 = images.to_uint8(model_space, config.data.pixel_levels)
+  pixels = space.to_pixels(model_space)  # a latent model's decoder runs here (and compiles the first time)
+  if space.decodes:  # time the decode too, after its compilation, so images/s covers it
+    start = time.perf_counter()
+    pixels = space.to_pixels(model_space)
+    seconds += time.perf_counter() - start
+  uint8 = images.to_uint8(pixels, space.pixel_levels)
   stem = os.path.join(workdir, "samples", f"sample_{step}_T{spec.num_steps or model_cfg.num_steps}"
                       f"_w{spec.guidance_scale:g}_seed{spec.seed}" + ("_denoised" if spec.denoise else "")
                       + ("_distilled" if denoiser else "") + (f"_{options['sampler']}" if "sampler" in options else ""))

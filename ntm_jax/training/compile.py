@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.sharding import NamedSharding, PartitionSpec
 
+from ntm_jax import latents
 from ntm_jax.parallel import compile as compile_lib
 from ntm_jax.parallel import mesh as mesh_lib
 from ntm_jax.sampling import sampler
@@ -35,7 +36,8 @@ def compile_for_topology(config: ml_collections.ConfigDict) -> dict:
   spec = config.compile
   devices = compile_lib.topology_devices(spec.topology, spec.num_slices)
   mesh = mesh_lib.make_mesh(config.mesh.to_dict(), devices)
-  setup = train.build_training(config, mesh, initialise=False)
+  # A latent preset's step only adds the latent noise: no autoencoder is needed to compile it.
+  setup = train.build_training(config, mesh, initialise=False, space=latents.space_of(config, load=False))
   condition_kind = setup.model_cfg.condition_kind
   image = setup.model_cfg.image
   batch_size = config.data.batch_size

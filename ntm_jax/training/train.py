@@ -3,9 +3,10 @@
 The state is one pytree {step, params, opt_state, ema}; the step is a pure function jitted with explicit
 shardings over the ('data', 'fsdp', 'tensor') mesh of `config.mesh` (ntm_jax.parallel.mesh): the batch over
 data and fsdp, parameters, EMA and AdamW moments over fsdp, heads and MLP units over tensor. Randomness is
-`fold_in(seed, step)` and dequantisation happens on device, so a run resumed from a checkpoint (which
-also holds the data iterator) computes bit-for-bit the steps an uninterrupted run would have. The model is
-trained through its `loss` (ntm_jax.models.generative), whichever model it is.
+`fold_in(seed, step)` and dequantisation (a latent's noise augmentation, in a latent space) happens on
+device, so a run resumed from a checkpoint (which also holds the data iterator) computes bit-for-bit the
+steps an uninterrupted run would have. The model is trained through its `loss`
+(ntm_jax.models.generative), whichever model it is, on the data of its space (ntm_jax.latents).
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ntm_jax import data, models
-from ntm_jax.data import dequantization
+from ntm_jax import data, latents, models
 from ntm_jax.evaluation import bits_per_dim
 from ntm_jax.models import conditioning, flow_matching_init
 from ntm_jax.models.config import ModelConfig
@@ -80,12 +80,15 @@ def loss_options(config: ml_collections.ConfigDict) -> dict:
   return {"pairwise_num_steps": choices}
 
 
-def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                   initialise: bool = True) -> TrainingSetup:
+def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, initialise: bool = True,
+                   space: latents.PixelSpace | None = None) -> TrainingSetup:
   """Shards the train state over `mesh`, jits the train step and (if `initialise`) creates the state.
 
-  The state is created inside a jit with sharded outputs, so no device ever holds the whole model.
+  The state is created inside a jit with sharded outputs, so no device ever holds the whole model. The
+  step turns stored examples into model inputs through `space` (pixels by default; a latent run passes its
+  LatentSpace).
   """
+  space = space or latents.PixelSpace(int(config.data.pixel_levels))
   model_cfg = models.model_config_from_dict(config.model)
   options = loss_options(config)
   models.model_class(model_cfg).check_loss_options(model_cfg, options)
@@ -103,7 +106,7 @@ def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
   teacher = finetune.read_teacher(config, model_cfg, mesh)
   step_fn = jax.jit(
       functools.partial(
-          train_step, graphdef=graphdef, optimizer=tx, pixel_levels=config.data.pixel_levels,
+          train_step, graphdef=graphdef, optimizer=tx, space=space,
           label_dropout=config.train.label_dropout, condition_kind=model_cfg.condition_kind,
           ema_decay=config.opt.ema_decay, loss_normaliser=model_cfg.loss_normaliser, loss_options=options,
           teacher=teacher),
@@ -116,7 +119,7 @@ def build_training(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
                        num_params, teacher)
 
 
-def train_step(state, batch, base_key, teacher_params=None, *, graphdef, optimizer, pixel_levels: int,
+def train_step(state, batch, base_key, teacher_params=None, *, graphdef, optimizer, space: latents.PixelSpace,
                label_dropout: float, condition_kind: str, ema_decay: float, loss_normaliser: int,
                loss_options: dict | None = None, teacher: finetune.Teacher | None = None):
   """One AdamW step on the model's loss; returns (new state, metrics). Pure: jit it.
@@ -126,7 +129,7 @@ def train_step(state, batch, base_key, teacher_params=None, *, graphdef, optimiz
   """
   key = jax.random.fold_in(base_key, state["step"])
   dequant_key, loss_key, drop_key, dropout_key = jax.random.split(key, 4)
-  batch_images = dequantization.dequantize(batch["image"], dequant_key, pixel_levels)
+  batch_images = space.to_model(batch["image"], dequant_key)  # dequantised pixels, or noise-augmented latents
   # Drop labels or captions to the null condition with p = label_dropout, for guidance.
   condition = conditioning.drop(drop_key, conditioning.from_batch(batch, condition_kind), label_dropout)
 
@@ -154,8 +157,8 @@ def train_step(state, batch, base_key, teacher_params=None, *, graphdef, optimiz
   return new_state, metrics
 
 
-def _write_sample_grid(samples, step, workdir, writer, pixel_levels, captions=None):
-  grid = images.to_uint8(jax.device_get(samples), pixel_levels)
+def _write_sample_grid(samples, step, workdir, writer, space: latents.PixelSpace, captions=None):
+  grid = images.to_uint8(space.to_pixels(samples), space.pixel_levels)
   os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
   path = images.save_grid_png(grid, os.path.join(workdir, "samples", f"step_{step:07d}.png"), scale=4,
                               captions=captions)
@@ -169,7 +172,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Config, logging and workdir.
   # ---------------------------------------------------------------------------------------------
   model_cfg = models.model_config_from_dict(config.model)
-  num_steps, pixel_levels = config.train.num_steps, config.data.pixel_levels
+  num_steps = config.train.num_steps
+  space = latents.space_of(config)  # pixels, or the latents of config.latent.autoencoder
+  space.check_metric(config.eval.best_metric)
   os.makedirs(workdir, exist_ok=True)
   writer = metric_writer.create_writer(workdir)
   is_main = jax.process_index() == 0
@@ -183,15 +188,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info("mesh %s over %d devices", dict(mesh.shape), mesh.size)
   batch_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   data.check_batch_size(config.data.batch_size, batch_devices)
-  setup = build_training(config, mesh)
+  setup = build_training(config, mesh, space=space)
   graphdef, state, batch_sharding, step_fn = setup.graphdef, setup.state, setup.batch_sharding, setup.step_fn
   logging.info("model %s with %d parameters", model_cfg.kind, setup.num_params)
 
   # ---------------------------------------------------------------------------------------------
   # Data.
   # ---------------------------------------------------------------------------------------------
-  train_data, eval_data = (data.load_model_split(config, split, model_cfg.image.shape, model_cfg.condition_kind)
-                           for split in ("train", config.eval.split))
+  train_data, eval_data = (space.load_split(config, split, model_cfg) for split in ("train", config.eval.split))
   train_iter = data.train_iterator(train_data, config.data.batch_size, config.seed, batch_devices)
   base_key = jax.random.key(config.seed)
 
@@ -227,7 +231,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ---------------------------------------------------------------------------------------------
   # Evaluation and samples (EMA parameters).
   # ---------------------------------------------------------------------------------------------
-  bound_fn = bits_per_dim.make_bound_fn(graphdef, pixel_levels, config.eval.importance_samples, mesh)
+  bound_fn = bits_per_dim.make_bound_fn(graphdef, space, config.eval.importance_samples, mesh)
   # The evaluation grids: the config's temperature, sampler and (for conditional models) guidance; the
   # model's own T, no denoising (--mode=sample honours every option).
   grid_options = sampler.sample_options(config.sample, num_steps=0, denoise=False)
@@ -241,18 +245,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def run_eval(step):
     results = bits_per_dim.evaluate_bits_per_dim(
-        graphdef, state["ema"], model_cfg, eval_data, pixel_levels=pixel_levels, batch_size=config.eval.batch_size,
+        graphdef, state["ema"], model_cfg, eval_data, space=space, batch_size=config.eval.batch_size,
         importance_samples=config.eval.importance_samples, seed=config.seed, bound_fn=bound_fn, mesh=mesh)
     writer.write_scalars(step, {f"eval/{config.eval.split}/{k}": v for k, v in results.items()})
     is_best = best.offer(step, state["ema"], results)
-    print(f"step {step}: {config.eval.split} bits/dim {results['bpd_elbo']:.4f} +- {results['bpd_elbo_se']:.4f} "
-          f"(ELBO), {results['bpd_iw']:.4f} (IW, M={config.eval.importance_samples})"
+    prefix = space.metric_prefix
+    print(f"step {step}: {config.eval.split} {space.unit} {results[prefix + '_elbo']:.4f} +- "
+          f"{results[prefix + '_elbo_se']:.4f} (ELBO), {results[prefix + '_iw']:.4f} (IW, M={config.eval.importance_samples})"
           f"{' (best so far, kept)' if is_best else f' (best stays step {best.best_step()})'}", flush=True)
     if config.sample.num_samples:
       # Every process takes part in the sharded sampler; only process 0 writes the grid.
       grid = sample_fn(state["ema"], jax.random.fold_in(base_key, step), condition_for_grid)
       if is_main:
-        logging.info("wrote %s", _write_sample_grid(grid, step, workdir, writer, pixel_levels, captions_for_grid))
+        logging.info("wrote %s", _write_sample_grid(grid, step, workdir, writer, space, captions_for_grid))
     return results
 
   # ---------------------------------------------------------------------------------------------
