@@ -9,8 +9,10 @@ cpu and 256 otherwise; patches of res/16 give 256 tokens), data=NAME (default sh
 on the captioned digits, 28x28x1), channels=N (default 3), remat=none|save_matmuls|full (default: full for
 xl and 3b, save_matmuls for base and large, none on the CPU), scan=true|false (layers under jax.lax.scan;
 default: on the TPU presets), latent=DIR (train on the latents of the autoencoder trained in DIR by
-configs/autoencoder.py; latent_downsample=N, default 4, and latent_channels=N, default 4, give the latent
-shape the model is built for), plus the variants of configs/digits.py.
+configs/autoencoder.py) or latent=sd_vae:PATH (a diffusers-format SD / DiT VAE a user brings: the
+safetensors file or its directory; 256 px -> 32x32x4 latents on the pod presets); latent_downsample=N
+(default 4 for ours, 8 for an SD VAE) and latent_channels=N (default 4) give the latent shape the model
+is built for; plus the variants of configs/digits.py.
 
 Latent text-to-image on the CPU (README, "Latent text-to-image"):
   python -m ntm_jax.main --config=configs/autoencoder.py --workdir=workdirs/autoencoder_shapes
@@ -53,7 +55,7 @@ PRESETS = {
 
 def get_config(arg=None):
   args = parse_model_arg(arg, size="cpu", res=0, remat="", scan="", data="shapes", channels=3, latent="",
-                         latent_downsample=4, latent_channels=4)
+                         latent_downsample=0, latent_channels=4)
   if args["size"] not in PRESETS:
     raise ValueError(f"unknown size {args['size']!r}; choose one of {sorted(PRESETS)}")
   preset = PRESETS[args["size"]]
@@ -80,11 +82,13 @@ def get_config(arg=None):
   if latent:
     # The model's "image" is the latent: shapes' 32x32x3 -> 8x8x4 (our autoencoder), 256x256x3 -> 32x32x4 (an
     # SD-VAE). 2x2 latent patches: 16 tokens of 16 numbers on the CPU, 256 tokens at 32x32.
-    if res % args["latent_downsample"]:
-      raise ValueError(f"latent_downsample {args['latent_downsample']} does not divide res {res}")
-    res, channels, patch_size = res // args["latent_downsample"], args["latent_channels"], 2
+    prefix, path = ("sd_vae:", latent[len("sd_vae:"):]) if latent.startswith("sd_vae:") else ("", latent)
+    downsample = args["latent_downsample"] or (8 if prefix else 4)
+    if res % downsample:
+      raise ValueError(f"latent_downsample {downsample} does not divide res {res}")
+    res, channels, patch_size = res // downsample, args["latent_channels"], 2
     # A path is made absolute here, so runs started elsewhere (notebooks, --mode=sample) find the autoencoder.
-    latent = latent if "://" in latent else os.path.abspath(latent)
+    latent = prefix + (path if "://" in path else os.path.abspath(path))
 
   config = ml_collections.ConfigDict()
   config.seed = 0

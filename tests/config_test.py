@@ -23,11 +23,12 @@ def parameter_count(config):
 
 @pytest.mark.parametrize("name", ["digits", "mnist"])
 def test_variants_build_and_have_comparable_sizes(name):
-  counts = {v: parameter_count(load_config(name, v)) for v in ("ntm", "gaussian", "tarflow")}
+  counts = {v: parameter_count(load_config(name, v)) for v in ("ntm", "gaussian", "tarflow", "flow_matching")}
   assert load_config(name).model.kind == "ntm"
   assert load_config(name, "gaussian").model.transporter.num_blocks == 0
   assert load_config(name, "tarflow").model.kind == "tarflow"
-  for variant in ("gaussian", "tarflow"):
+  assert load_config(name, "flow_matching").model.kind == "flow_matching"
+  for variant in ("gaussian", "tarflow", "flow_matching"):
     assert 0.75 < counts[variant] / counts["ntm"] < 1.33, counts
 
 

@@ -124,8 +124,8 @@ def space_of(config, load: bool = True) -> PixelSpace:
     raise ValueError(f"latent.noise_std must be >= 0, got {noise_std}")
   if not load:
     return LatentSpace(pixel_levels=int(config.data.pixel_levels), noise_std=noise_std)
-  autoencoder = load_autoencoder(spec)
   image = config.model.image
+  autoencoder = load_autoencoder(spec, (image.height, image.width))
   model_shape = (image.height, image.width, image.channels)
   if model_shape != autoencoder.latent_shape:
     raise ValueError(f"the model's image {model_shape} is not the latent shape {autoencoder.latent_shape} of the "
