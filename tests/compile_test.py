@@ -44,6 +44,17 @@ def test_compiles_train_step_and_sampler_for_a_tpu_topology():
   assert "train step" in compile_lib.format_report(report)
 
 
+def test_a_latent_preset_compiles_without_its_vae():
+  """A pod preset over SD-VAE latents names a weights file this machine does not have; compiling its train step
+  and sampler needs only the latent shape."""
+  config = load_config("t2i", "smoke,res=64,latent=sd_vae:/no/such/vae.safetensors")
+  config.mesh.update(data=1, fsdp=-1)
+  config.compile.topology = "cpu"
+  assert tuple(config.model.image.to_dict()[k] for k in ("height", "width", "channels")) == (8, 8, 4)
+  report = compile_for_topology(config)
+  assert all(0 < p["per_chip_gib"] < p["hbm_gib"] for p in report["programs"])
+
+
 @needs_libtpu
 def test_compiles_the_text_to_image_model_with_its_caption_prefix():
   config = load_config("t2i", "smoke")
