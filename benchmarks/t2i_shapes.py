@@ -4,6 +4,8 @@ guidance scale, all scored by the GenEval-style shapes judge on the same fixed p
   python benchmarks/t2i_shapes.py --ntm_workdir=workdirs/t2i_ntm --gaussian_workdir=workdirs/t2i_gaussian \
       --tarflow_workdir=workdirs/t2i_tarflow,workdirs/t2i_tarflow_long [--scales=0,1,2,3,5] [--denoise]
   python benchmarks/t2i_shapes.py --smoke    # trains tiny runs of the three models first (what CI runs)
+  python benchmarks/t2i_shapes.py --latent=workdirs/autoencoder_shapes --ntm_workdir=workdirs/t2i_latent_ntm \
+      --out=benchmarks/results/t2i_shapes_latent.json    # runs of configs/t2i.py:latent=... (likelihoods in nats)
 
 Each workdir is a `python -m ntm_jax.main --config=configs/t2i.py[:gaussian|:tarflow] --workdir=...` run; each
 row is what `--mode=judge` prints for it (4 steps for NTM and gaussian; TarFlow samples without guidance).
@@ -79,6 +81,8 @@ def main():
   parser.add_argument("--samples_per_prompt", type=int, default=4)
   parser.add_argument("--temperature", type=float, default=1.0)
   parser.add_argument("--denoise", action="store_true", help="NTM/gaussian: trajectory-score denoising (C.11)")
+  parser.add_argument("--latent", default="", help="the autoencoder workdir the runs were trained over "
+                      "(configs/t2i.py:latent=DIR); empty for pixel runs")
   parser.add_argument("--out", default="benchmarks/results/t2i_shapes.json")
   parser.add_argument("--smoke", action="store_true", help="train 2-step tiny runs of the three models and judge "
                       "them on one prompt per category (what CI runs)")
@@ -100,7 +104,9 @@ def main():
   for variant, workdir, scales in runs:
     if not workdir:
       continue
-    config = common.load_config("t2i", ",".join(filter(None, ["" if variant == "ntm" else variant, config_arg])))
+    latent = f"latent={args.latent}" if args.latent else ""
+    config = common.load_config("t2i", ",".join(filter(None, ["" if variant == "ntm" else variant, config_arg,
+                                                              latent])))
     config.judge.update(prompts_per_category=args.prompts_per_category, samples_per_prompt=args.samples_per_prompt,
                         guidance_scales=scales, batch_size=min(config.judge.batch_size, 6 if args.smoke else 120))
     config.sample.update(temperature=args.temperature, denoise=args.denoise and variant != "tarflow")
@@ -121,7 +127,7 @@ def main():
     print(f"{r['model']:>9} {r['parameters'] / 1e6:>7.2f}M {r['step']:>6} {minutes:>9} {r['guidance_scale']:>4g} "
           + " ".join(f"{r[c]:>12.3f}" for c in categories) + f" {r['overall']:>8.3f} {r['seconds']:>8.1f} "
           f"{r['true_captions']:>13.4f} / {r['shuffled_captions']:.4f} {r['likelihood_unit']}")
-  common.write_json(args.out, {"device": str(jax.devices()[0]), "temperature": args.temperature,
+  common.write_json(args.out, {"device": str(jax.devices()[0]), "latent": args.latent, "temperature": args.temperature,
                                "denoise": args.denoise, "prompts_per_category": args.prompts_per_category,
                                "samples_per_prompt": args.samples_per_prompt, "rows": rows})
 

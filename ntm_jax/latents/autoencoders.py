@@ -107,7 +107,7 @@ def load_autoencoder(spec: str, latent_hw: tuple[int, int] | None = None) -> Loa
 def kl_config_from_diffusers(values: dict) -> AutoencoderKLConfig:
   """Our AutoencoderKLConfig from a diffusers AutoencoderKL config.json, refusing what it does not build."""
   for key, allowed in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
-    if any(kind != allowed for kind in values.get(key, [allowed])):
+    if any(block_type != allowed for block_type in values.get(key, [allowed])):
       raise ValueError(f"config.json {key} {values[key]} is not supported: only {allowed} blocks (the SD / DiT VAE)")
   for key in ("use_quant_conv", "use_post_quant_conv"):
     if values.get(key, True) is False:
