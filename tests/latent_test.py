@@ -222,5 +222,7 @@ def test_latent_presets_compile_without_their_autoencoder():
   stored = jnp.zeros((2, 8, 8, 4))
   noisy = space.to_model(stored, jax.random.key(0))
   assert noisy.shape == stored.shape and 0.05 < float(jnp.std(noisy)) < 0.2
+  with pytest.raises(ValueError, match="without its autoencoder"):
+    space.to_pixels(stored)
   with pytest.raises(FileNotFoundError, match="no config.json"):
     latents.space_of(config)

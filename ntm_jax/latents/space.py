@@ -85,13 +85,20 @@ class LatentSpace(PixelSpace):
     latents = stored.astype(jnp.float32)
     return latents + self.noise_std * jax.random.normal(key, latents.shape, latents.dtype)
 
+  def _require_autoencoder(self):
+    if self.autoencoder is None:
+      raise ValueError("this latent space was built without its autoencoder (space_of(config, load=False), for "
+                       "compiling): it cannot read latents or decode them")
+    return self.autoencoder
+
   def load_split(self, config, split: str, model_cfg) -> data.DataSource:
+    self._require_autoencoder()
     latent_dataset.check_encoded(self.directory, self.autoencoder.fingerprint, ENCODE_COMMAND)
     return data.load_model_split(config, split, model_cfg.image.shape, model_cfg.condition_kind, self.directory)
 
   @functools.cached_property
   def _decode(self):
-    return self.autoencoder.decode_fn()
+    return self._require_autoencoder().decode_fn()
 
   def to_pixels(self, samples) -> np.ndarray:
     latents = np.asarray(jax.device_get(samples), np.float32)
