@@ -29,9 +29,9 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "distill"
                           ".npz of samples from that checkpoint (settings in config.sample); distill: train the "
                           "light denoiser that replaces the last inversion on the model's own samples; compile: "
                           "ahead-of-time compilation for the TPU topology in config.compile (needs libtpu); judge: "
-                          "GenEval-style prompt-following scores of a `shapes` text-to-image model (config.judge); encode: write "
-                          "the latents of config.data by the autoencoder of config.latent (what a latent model "
-                          "trains on).")
+                          "GenEval-style prompt-following scores of a `shapes` text-to-image model (config.judge); "
+                          "encode: write the latents of config.data by the autoencoder of config.latent (what a "
+                          "latent model trains on).")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first: set by the multi-host launchers in launch/ "
     "(on TPU VMs and GKE it finds the coordinator and the process index itself).")

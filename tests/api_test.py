@@ -64,8 +64,8 @@ def test_bits_per_dim_per_image_agrees_with_the_held_out_evaluation(digits_run):
   # The split's mean matches ntm_jax.evaluation.bits_per_dim on the same checkpoint (other random draws: within 4 SE).
   graphdef, params, _, model_cfg = checkpoint.restore_params(config, workdir, "best")
   source = data.load_split(config.data.name, "validation", config.data.data_dir)
-  reference = bits_per_dim.evaluate_bits_per_dim(graphdef, params, model_cfg, source, space=latents.PixelSpace(17), batch_size=144,
-                                             importance_samples=4, seed=11)
+  reference = bits_per_dim.evaluate_bits_per_dim(graphdef, params, model_cfg, source, space=latents.PixelSpace(17),
+                                                 batch_size=144, importance_samples=4, seed=11)
   stderr = math.hypot(reference["bpd_iw_se"], bpd.std(ddof=1) / math.sqrt(len(bpd)))
   assert abs(bpd.mean() - reference["bpd_iw"]) < 4 * stderr
   with pytest.raises(ValueError, match=r"images must have shape \[batch, 8, 8, 1\]"):

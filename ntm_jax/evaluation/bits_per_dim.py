@@ -49,8 +49,8 @@ def make_bound_fn(graphdef, space: latents.PixelSpace, importance_samples: int, 
   return jax.jit(bounds, out_shardings=replicated)
 
 
-def evaluate_bits_per_dim(graphdef, params, cfg: ModelConfig, source: data.DataSource, *, space: latents.PixelSpace,
-                          batch_size: int, importance_samples: int = 1, seed: int = 0,
+def evaluate_bits_per_dim(graphdef, params, cfg: ModelConfig, source: data.DataSource, *,
+                          space: latents.PixelSpace, batch_size: int, importance_samples: int = 1, seed: int = 0,
                           bound_fn=None, mesh=None) -> dict[str, float]:
   """Mean bits/dim (ELBO and importance-weighted; nats per latent dim in a latent space) with standard errors
   over every example of `source`.

@@ -251,7 +251,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     is_best = best.offer(step, state["ema"], results)
     prefix = space.metric_prefix
     print(f"step {step}: {config.eval.split} {space.unit} {results[prefix + '_elbo']:.4f} +- "
-          f"{results[prefix + '_elbo_se']:.4f} (ELBO), {results[prefix + '_iw']:.4f} (IW, M={config.eval.importance_samples})"
+          f"{results[prefix + '_elbo_se']:.4f} (ELBO), {results[prefix + '_iw']:.4f} "
+          f"(IW, M={config.eval.importance_samples})"
           f"{' (best so far, kept)' if is_best else f' (best stays step {best.best_step()})'}", flush=True)
     if config.sample.num_samples:
       # Every process takes part in the sharded sampler; only process 0 writes the grid.
