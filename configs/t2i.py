@@ -92,7 +92,10 @@ def get_config(arg=None):
 
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.data = dict(name=args["data"], data_dir="", batch_size=batch_size, pixel_levels=256)
+  # On `shapes`, captions that name a held-out composition (ntm_jax.data.builders.shapes_prompts) are kept out of
+  # training and validation, so the judge can score composition of unseen prompts beside recall of seen ones.
+  config.data = dict(name=args["data"], data_dir="", batch_size=batch_size, pixel_levels=256,
+                     hold_out_compositions=args["data"] == "shapes")
   # Latent models: the autoencoder whose latents the model trains on (none: pixel space), the latents' noise
   # augmentation in units of their (unit) scale, and where --mode=encode writes them (default: under data_dir).
   config.latent = dict(autoencoder=latent, noise_std=0.1, data_dir="")

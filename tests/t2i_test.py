@@ -10,7 +10,7 @@ import pytest
 
 from ntm_jax import data, models
 from ntm_jax.data import text_features
-from ntm_jax.data.builders import mnist5k, shapes_scenes
+from ntm_jax.data.builders import mnist5k, shapes_prompts, shapes_scenes
 from ntm_jax.evaluation import prompt_following as shapes_eval
 from ntm_jax.sampling import sampler as sample
 from ntm_jax.training import train
@@ -108,23 +108,54 @@ def test_t2i_trains_samples_prompts_and_is_judged(tmp_path):
 
   config.judge.update(prompts_per_category=1, samples_per_prompt=2, batch_size=8, guidance_scales="0,3")
   judged = shapes_eval.judge_checkpoint(config, workdir)
-  assert set(judged["by_guidance_scale"]) == {"0", "3"}
+  assert set(judged["by_guidance_scale"]) == set(judged["held_out_by_guidance_scale"]) == {"0", "3"}
   for scores in judged["by_guidance_scale"].values():
     assert set(shapes_scenes.CATEGORIES) <= set(scores) and 0.0 <= scores["overall"] <= 1.0
+  for scores in judged["held_out_by_guidance_scale"].values():
+    assert set(scores) - {"overall", "seconds"} == set(shapes_prompts.HELD_OUT_CATEGORIES)
+  assert judged["held_out_compositions_kept_out_of_training"]  # the t2i config holds them out on shapes
   with open(os.path.join(workdir, "judge_best_temp1.json")) as f:
     assert json.load(f)["num_prompts"] == 6
   assert os.path.exists(os.path.join(workdir, "judge_best_w3_temp1.png"))
+  assert os.path.exists(os.path.join(workdir, "judge_best_held_out_w3_temp1.png"))
 
   config.sample.labels = "3"
   with pytest.raises(ValueError, match="text-conditional: use sample.prompts"):
     sample.sample_checkpoint(config, workdir)
 
 
-def test_fixed_prompts_are_fixed_and_balanced():
-  prompts = shapes_eval.fixed_prompts(5)
-  assert [p.caption() for p in prompts] == [p.caption() for p in shapes_eval.fixed_prompts(5)]
-  counts = {c: sum(p.category == c for p in prompts) for c in shapes_scenes.CATEGORIES}
-  assert set(counts.values()) == {5}
+def test_judge_prompt_sets_are_fixed_balanced_and_apart():
+  seen, held_out = shapes_prompts.seen_prompts(5), shapes_prompts.held_out_prompts(5)
+  assert [p.caption() for p in seen] == [p.caption() for p in shapes_prompts.seen_prompts(5)]
+  assert {c: sum(p.category == c for p in seen) for c in shapes_scenes.CATEGORIES} == dict.fromkeys(
+      shapes_scenes.CATEGORIES, 5)
+  assert {c: sum(p.category == c for p in held_out) for c in shapes_prompts.HELD_OUT_CATEGORIES} == dict.fromkeys(
+      shapes_prompts.HELD_OUT_CATEGORIES, 5)
+  assert not any(shapes_prompts.is_held_out(p.caption()) for p in seen)
+  assert all(shapes_prompts.is_held_out(p.caption()) for p in held_out)
+  # Whole words: a held-out pair inside a longer caption counts, a mirror or a partial match does not.
+  assert shapes_prompts.is_held_out("a green circle and a red triangle")
+  assert not shapes_prompts.is_held_out("a circle and a square")
+  assert not shapes_prompts.is_held_out("a dark red triangles")
+
+
+def test_held_out_compositions_leave_training_and_validation_but_not_test():
+  config = t2i_smoke()
+  shape = (32, 32, 3)
+  splits = {split: data.load_model_split(config, split, shape, "text") for split in ("train", "validation", "test")}
+  full = {split: data.load_split("shapes", split) for split in splits}
+  for split, source in splits.items():
+    captions = [text_features.caption_text(source.source[i]["caption"]) for i in range(source.num_examples)]
+    held_out = sum(map(shapes_prompts.is_held_out, captions))
+    if split == "test":
+      assert source.num_examples == full[split].num_examples and held_out > 0
+    else:
+      assert held_out == 0 and 0.7 * full[split].num_examples < source.num_examples < full[split].num_examples
+  # The kept examples are whole examples of the full split, in its order.
+  first = splits["train"].source[0]
+  assert any(np.array_equal(first["image"], full["train"].source[i]["image"]) for i in range(5))
+  config.data.hold_out_compositions = False
+  assert data.load_model_split(config, "train", shape, "text").num_examples == full["train"].num_examples
 
 
 def test_prompts_for_a_class_model_are_refused():

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ntm_jax.data import text_features
+from ntm_jax.data.builders import shapes_prompts
 from ntm_jax.data.builders.digits import Digits
 from ntm_jax.data.builders.image_folder import make_image_folder_builder
 from ntm_jax.data.builders.mnist5k import Mnist5k
@@ -138,7 +139,8 @@ def load_model_split(config, split: str, image_shape: tuple[int, int, int], cond
                      directory: str = "") -> DataSource:
   """One split of the data set of `config.data` (or the one written to `directory`: a latent data set),
   checked against the model's [H, W, C] and its condition: class labels must be there for a class model,
-  and a text model's examples gain text features."""
+  and a text model's examples gain text features. With `data.hold_out_compositions` the train and validation
+  splits lose the examples whose caption names a held-out composition (the test split keeps them)."""
   if directory:
     source = load_directory_split(directory, split, f"{config.data.name} latents in {directory}")
   else:
@@ -148,7 +150,33 @@ def load_model_split(config, split: str, image_shape: tuple[int, int, int], cond
     raise ValueError(f"the model is class-conditional but data set {config.data.name!r} has no labels")
   if condition_kind == "text":
     source = with_text_features(source, config.data.name, config.text.encoder, config.text.max_tokens)
+  if config.data.get("hold_out_compositions", False) and split != "test":
+    source = without_held_out_captions(source, config.data.name)
   return source
+
+
+@dataclasses.dataclass(frozen=True)
+class _Subset:
+  """The examples of `source` at `indices`, as a random-access source."""
+
+  source: object
+  indices: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int):
+    return self.source[int(self.indices[index])]
+
+
+def without_held_out_captions(data: DataSource, name: str) -> DataSource:
+  """`data` without the examples whose caption names a held-out composition (shapes_prompts.HELD_OUT)."""
+  if "caption" not in data.features:
+    raise ValueError(f"data.hold_out_compositions drops examples by their caption, but data set {name!r} has no "
+                     f"`caption` feature (features: {sorted(data.features)})")
+  keep = np.asarray([i for i in range(data.num_examples)
+                     if not shapes_prompts.is_held_out(text_features.caption_text(data.source[i]["caption"]))])
+  return dataclasses.replace(data, source=_Subset(data.source, keep), num_examples=len(keep))
 
 
 def check_batch_size(batch_size: int, batch_devices: int | None = None) -> None:

@@ -1,10 +1,12 @@
 """GenEval-style evaluation of a text-to-image model on `shapes` (--mode=judge).
 
-A fixed prompt set (the same for every model: `prompts_per_category` prompts of each of the six
-categories, drawn with a fixed seed, ntm_jax.data.builders.shapes_scenes.fixed_prompts) is sampled
-`samples_per_prompt` times; the shapes judge (ntm_jax.evaluation.shapes_judge) checks every image against
-its prompt. Reported: the share of images that pass,
-per category and overall (the mean over categories), for each guidance scale asked for.
+Two fixed prompt sets, the same for every model (ntm_jax.data.builders.shapes_prompts): the seen prompts,
+`prompts_per_category` of each of the six categories with no held-out composition, and the held-out prompts,
+as many of each category but single_object, each naming a composition that a model trained with
+`data.hold_out_compositions` never read in a caption. Every prompt is sampled `samples_per_prompt` times; the
+shapes judge (ntm_jax.evaluation.shapes_judge) checks every image against its prompt. Reported: the share of
+images that pass, per category and overall (the mean over categories), for each guidance scale asked for,
+for the seen prompts (`by_guidance_scale`) and the held-out ones (`held_out_by_guidance_scale`).
 """
 
 from __future__ import annotations
@@ -20,21 +22,31 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ntm_jax import latents
 from ntm_jax.data import text_features
-from ntm_jax.data.builders import shapes_scenes
+from ntm_jax.data.builders import shapes_prompts, shapes_scenes
 from ntm_jax.evaluation import shapes_judge
 from ntm_jax.parallel import checkpoint
 from ntm_jax.parallel import mesh as mesh_lib
 from ntm_jax.sampling import images, sampler
 
-fixed_prompts = shapes_scenes.fixed_prompts
+PROMPT_SETS = {"by_guidance_scale": shapes_prompts.seen_prompts,
+               "held_out_by_guidance_scale": shapes_prompts.held_out_prompts}
 
 
 def parse_scales(text: str, default: float) -> list[float]:
   return [float(v) for v in text.split(",") if v.strip()] if text else [default]
 
 
+def captions_held_out_in_training(workdir: str) -> bool:
+  """Whether the run in `workdir` was trained with data.hold_out_compositions (read from its stored config)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return False
+  with open(path) as f:
+    return bool(json.load(f).get("data", {}).get("hold_out_compositions", False))
+
+
 def judge_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: str = "best") -> dict:
-  """Samples the fixed prompts from a checkpoint's EMA parameters and scores them; writes judge_*.json/png."""
+  """Samples both prompt sets from a checkpoint's EMA parameters and scores them; writes judge_*.json/png."""
   if config.data.name != "shapes":
     raise ValueError(f"--mode=judge scores `shapes` models; this config trains on {config.data.name!r}")
   space = latents.space_of(config)  # a latent model's samples are decoded before they are judged
@@ -43,39 +55,42 @@ def judge_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: str
   if model_cfg.condition_kind != "text":
     raise ValueError("--mode=judge needs a text-conditional model")
   spec = config.judge
-  prompts = fixed_prompts(spec.prompts_per_category)
-  all_prompts = [p for p in prompts for _ in range(spec.samples_per_prompt)]
-  condition = text_features.encode_prompts([p.caption() for p in all_prompts], config.text.max_tokens)
   batch = spec.batch_size
   replicated = NamedSharding(mesh, PartitionSpec())
   scales = parse_scales(spec.guidance_scales, config.sample.guidance_scale)
-  results = {"step": step, "kind": model_cfg.kind, "num_prompts": len(prompts),
-             "temperature": config.sample.temperature, "denoise": config.sample.denoise,
-             "samples_per_prompt": spec.samples_per_prompt,
-             "num_steps_T": config.sample.num_steps or model_cfg.num_steps, "by_guidance_scale": {}}
+  results = {"step": step, "kind": model_cfg.kind, "num_prompts": len(PROMPT_SETS["by_guidance_scale"](
+                 spec.prompts_per_category)), "temperature": config.sample.temperature,
+             "denoise": config.sample.denoise, "samples_per_prompt": spec.samples_per_prompt,
+             "num_steps_T": config.sample.num_steps or model_cfg.num_steps,
+             "held_out_compositions_kept_out_of_training": captions_held_out_in_training(workdir)}
+  suffix = f"_temp{config.sample.temperature:g}" + ("_denoised" if config.sample.denoise else "")
   for scale in scales:
     options = sampler.sample_options(config.sample, guidance_scale=scale)
     sample_fn = sampler.make_sample_fn(graphdef, batch, options, out_sharding=replicated)
-    start, samples = time.perf_counter(), []
-    for index, first in enumerate(range(0, len(all_prompts), batch)):
-      rows = np.arange(first, first + batch) % len(all_prompts)  # the last batch wraps around
-      chunk = {k: v[rows] for k, v in condition.items()}
-      key = jax.random.fold_in(jax.random.key(config.sample.seed), index)
-      with mesh_lib.use(mesh):
-        out = np.asarray(jax.device_get(sample_fn(params, key, chunk)))
-      samples.append(out[:len(all_prompts) - first])
-    uint8 = images.to_uint8(space.to_pixels(np.concatenate(samples)), space.pixel_levels)
-    scores = shapes_judge.score(uint8, all_prompts)
-    scores["seconds"] = time.perf_counter() - start
-    results["by_guidance_scale"][f"{scale:g}"] = scores
-    if jax.process_index() == 0:
-      stem = os.path.join(workdir, f"judge_{which}_w{scale:g}_temp{config.sample.temperature:g}"
-                          + ("_denoised" if config.sample.denoise else ""))
-      shown = slice(0, len(all_prompts), spec.samples_per_prompt)  # one image per prompt
-      images.save_grid_png(uint8[shown][:36], stem + ".png", scale=4,
-                           captions=[p.caption() for p in all_prompts[shown]][:36])
+    for key_name, make_prompts in PROMPT_SETS.items():
+      prompts = make_prompts(spec.prompts_per_category)
+      all_prompts = [p for p in prompts for _ in range(spec.samples_per_prompt)]
+      condition = text_features.encode_prompts([p.caption() for p in all_prompts], config.text.max_tokens)
+      start, samples = time.perf_counter(), []
+      for index, first in enumerate(range(0, len(all_prompts), batch)):
+        rows = np.arange(first, first + batch) % len(all_prompts)  # the last batch wraps around
+        chunk = {k: v[rows] for k, v in condition.items()}
+        # The held-out set draws its own keys, so neither set's samples depend on the other's size.
+        key = jax.random.fold_in(jax.random.key(config.sample.seed + (key_name != "by_guidance_scale")), index)
+        with mesh_lib.use(mesh):
+          out = np.asarray(jax.device_get(sample_fn(params, key, chunk)))
+        samples.append(out[:len(all_prompts) - first])
+      uint8 = images.to_uint8(space.to_pixels(np.concatenate(samples)), space.pixel_levels)
+      scores = shapes_judge.score(uint8, all_prompts)
+      scores["seconds"] = time.perf_counter() - start
+      results.setdefault(key_name, {})[f"{scale:g}"] = scores
+      if jax.process_index() == 0:
+        held_out = "_held_out" if key_name != "by_guidance_scale" else ""
+        stem = os.path.join(workdir, f"judge_{which}{held_out}_w{scale:g}{suffix}")
+        shown = slice(0, len(all_prompts), spec.samples_per_prompt)  # one image per prompt
+        images.save_grid_png(uint8[shown][:36], stem + ".png", scale=4,
+                             captions=[p.caption() for p in all_prompts[shown]][:36])
   if jax.process_index() == 0:
-    suffix = f"_temp{config.sample.temperature:g}" + ("_denoised" if config.sample.denoise else "")
     with open(os.path.join(workdir, f"judge_{which}{suffix}.json"), "w") as f:
       json.dump(results, f, indent=2)
   return results
@@ -83,8 +98,9 @@ def judge_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: str
 
 def format_results(results: dict) -> str:
   categories = list(shapes_scenes.CATEGORIES)
-  lines = [f"{'guidance':>8} " + " ".join(f"{c:>13}" for c in categories) + f" {'overall':>8}"]
-  for scale, scores in results["by_guidance_scale"].items():
-    lines.append(f"{scale:>8} " + " ".join(f"{scores[c]:>13.3f}" for c in categories)
-                 + f" {scores['overall']:>8.3f}")
+  lines = [f"{'prompts':>8} {'guidance':>8} " + " ".join(f"{c:>13}" for c in categories) + f" {'overall':>8}"]
+  for key_name, name in (("by_guidance_scale", "seen"), ("held_out_by_guidance_scale", "held out")):
+    for scale, scores in results.get(key_name, {}).items():
+      lines.append(f"{name:>8} {scale:>8} " + " ".join(f"{scores[c]:>13.3f}" if c in scores else f"{'-':>13}"
+                                                       for c in categories) + f" {scores['overall']:>8.3f}")
   return "\n".join(lines)

@@ -22,7 +22,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from ntm_jax import data, latents, models
 from ntm_jax.data import text_features
-from ntm_jax.data.builders import shapes_scenes
+from ntm_jax.data.builders import shapes_prompts
 from ntm_jax.models.denoiser import Denoiser
 from ntm_jax.parallel import checkpoint
 from ntm_jax.parallel import mesh as mesh_lib
@@ -84,10 +84,10 @@ def read_prompts(spec) -> list[str]:
 
 
 def default_prompts(config: ml_collections.ConfigDict, num: int) -> list[str]:
-  """Prompts for sample grids when none are given: the fixed evaluation prompts for `shapes`, else the
+  """Prompts for sample grids when none are given: the judge's seen prompts for `shapes`, else the
   captions of the first examples of the evaluation split."""
   if config.data.name == "shapes":
-    return [p.caption() for p in shapes_scenes.fixed_prompts()[:num]]
+    return [p.caption() for p in shapes_prompts.seen_prompts()[:num]]
   source = data.load_split(config.data.name, config.eval.split, config.data.data_dir)
   return [text_features.caption_text(source.source[i]["caption"]) for i in range(min(num, source.num_examples))]
 

@@ -120,17 +120,3 @@ def make_scenes(num: int, seed: int) -> tuple[np.ndarray, list[Prompt]]:
     images.append(image)
     prompts.append(prompt)
   return np.stack(images), prompts
-
-
-EVALUATION_PROMPT_SEED = 20_261_124
-
-
-def fixed_prompts(per_category: int = 20) -> list[Prompt]:
-  """The evaluation prompts of `--mode=judge` and of sample grids: `per_category` of each category,
-  interleaved, from a fixed seed (the same for every model)."""
-  rng = np.random.default_rng(EVALUATION_PROMPT_SEED)
-  prompts = []
-  for _ in range(per_category):
-    for category in CATEGORIES:
-      prompts.append(draw_scene(rng, category)[1])
-  return prompts
