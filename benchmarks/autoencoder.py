@@ -25,6 +25,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ntm_jax import latents  # noqa: E402
+from ntm_jax.data import dequantization  # noqa: E402
 from ntm_jax.data.builders import shapes_scenes  # noqa: E402
 from ntm_jax.evaluation import shapes_judge  # noqa: E402
 from ntm_jax.sampling import images  # noqa: E402
@@ -45,7 +46,7 @@ def reconstructions(loaded: latents.LoadedAutoencoder, pixels_uint8: np.ndarray,
   encode, decode = loaded.encode_fn(), loaded.decode_fn()
   out = []
   for i in range(0, len(pixels_uint8), batch_size):
-    x = 2.0 * (pixels_uint8[i:i + batch_size].astype(np.float32) + 0.5) / loaded.pixel_levels - 1.0
+    x = dequantization.bin_centres(pixels_uint8[i:i + batch_size], loaded.pixel_levels)
     z = encode(x)
     z = z + noise_std * jax.random.normal(jax.random.fold_in(jax.random.key(seed), i), z.shape)
     out.append(np.asarray(decode(z)))

@@ -50,9 +50,12 @@ def base_config(args: dict) -> ml_collections.ConfigDict:
                       pairwise_num_steps="")
   config.eval = dict(split="validation", batch_size=360, importance_samples=16, best_metric="bpd_iw")
   # num_steps 0 = the model's T; labels "" = cycle over the classes (conditional models only);
-  # denoise = trajectory-score denoising of the result (C.11).
+  # denoise = trajectory-score denoising of the result (C.11); inversion of f_T "sequential" (token by token) or
+  # "jacobi" (all tokens at once per iteration, until no value moves by more than jacobi_tolerance, at most
+  # jacobi_max_iterations per block; 0 = N - 1, which is exact).
   config.sample = dict(num_samples=64, temperature=1.0, guidance_scale=0.0, num_steps=0, seed=0, labels="",
-                       denoise=False, use_denoiser=True)
+                       denoise=False, use_denoiser=True,
+                       inversion="sequential", jacobi_tolerance=1e-4, jacobi_max_iterations=0)
   # --mode=distill: the light denoiser g(u_0, y) -> x_0 trained on the model's own samples (C.12).
   config.distill = dict(depth=2, width=64, head_dim=32, mlp_ratio=4, num_steps=1000, batch_size=64,
                         learning_rate=1e-3, target="inverse", log_every=100, checkpoint_every=500)

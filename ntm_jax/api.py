@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from ntm_jax import latents, models
-from ntm_jax.data import text_features
+from ntm_jax.data import dequantization, text_features
 from ntm_jax.evaluation import bits_per_dim
 from ntm_jax.models import patches
 from ntm_jax.parallel import checkpoint as run_checkpoint
@@ -169,7 +169,7 @@ class Model:
     images_int = self._to_levels(images_uint8, levels)
     if not self.is_latent:
       return jnp.asarray(images_int)
-    return self._encode(2.0 * (jnp.asarray(images_int, jnp.float32) + 0.5) / self.pixel_levels - 1.0)
+    return self._encode(dequantization.bin_centres(jnp.asarray(images_int), self.pixel_levels))
 
   @functools.cached_property
   def _encode(self):

@@ -40,6 +40,45 @@ def test_cached_and_cache_free_inverses_agree(x64, shape):
 
 
 @pytest.mark.parametrize("shape", SHAPES)
+def test_jacobi_inverse_equals_the_token_by_token_inverse(x64, shape):
+  transporter, x, t = _transporter_and_inputs(shape, seed=4)
+  num_tokens = x.shape[1]
+  sequential = transporter.inverse(x, t)
+  # At most N - 1 iterations per block, exact by causality whatever the values: tolerance 0 runs them all.
+  exact, iterations = transporter.inverse_jacobi(x, t, tolerance=0.0)
+  np.testing.assert_allclose(exact, sequential, atol=1e-10, rtol=0)
+  assert iterations.tolist() == [num_tokens - 1] * len(transporter.blocks)
+  # With a tolerance it stops once nothing moves, and reports how many iterations that took.
+  early, iterations = transporter.inverse_jacobi(x, t, tolerance=1e-12)
+  np.testing.assert_allclose(early, sequential, atol=1e-10, rtol=0)
+  assert all(1 <= int(i) <= num_tokens - 1 for i in iterations)
+  # A cap below N - 1 stops there (then the result is approximate).
+  _, capped = transporter.inverse_jacobi(x, t, tolerance=0.0, max_iterations=2)
+  assert capped.tolist() == [2] * len(transporter.blocks)
+
+
+@pytest.mark.parametrize("kind", ["ntm", "tarflow"])
+def test_sampling_with_jacobi_inversion_equals_sampling_token_by_token(x64, kind):
+  model = helpers.tiny_model(6, kind=kind)
+  key = jax.random.key(8)
+  sequential = model.sample(key, 3)
+  np.testing.assert_allclose(model.sample(key, 3, inversion="jacobi", jacobi_tolerance=0.0), sequential,
+                             atol=1e-10, rtol=0)
+  np.testing.assert_allclose(model.sample(key, 3, inversion="jacobi", jacobi_tolerance=1e-13), sequential,
+                             atol=1e-10, rtol=0)
+  with pytest.raises(ValueError, match="apply to sample.inversion='jacobi'"):
+    model.sample(key, 3, jacobi_max_iterations=3)
+  with pytest.raises(ValueError, match="unknown inversion 'newton'"):
+    model.sample(key, 3, inversion="newton")
+
+
+def test_flow_matching_refuses_an_inversion_by_name(x64):
+  model = helpers.tiny_model(0, kind="flow_matching", num_blocks=0, prediction="velocity")
+  with pytest.raises(ValueError, match="a choice of inversion of f_T is not implemented"):
+    model.sample(jax.random.key(0), 2, inversion="jacobi")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 def test_logdet_equals_brute_force_slogdet(x64, shape):
   transporter, x, t = _transporter_and_inputs(shape, seed=5)
   _, logdet = transporter.forward(x, t)

@@ -19,6 +19,12 @@ def dequantize(images_int: jax.Array, key: jax.Array, pixel_levels: int, dtype=j
   return 2.0 * (images_int.astype(dtype) + noise) / pixel_levels - 1.0
 
 
+def bin_centres(images_int, pixel_levels: int, dtype=jnp.float32):
+  """The centre of each integer value's bin in [-1, 1]: dequantisation without noise (what an autoencoder
+  encodes and a judge classifies). Numpy in, numpy out; jax in, jax out."""
+  return 2.0 * (images_int.astype(dtype) + 0.5) / pixel_levels - 1.0
+
+
 def to_integer_images(images: jax.Array, pixel_levels: int) -> jax.Array:
   """The inverse of `dequantize`: the integer bin of each value in [-1, 1]."""
   bins = jnp.floor((images + 1.0) * pixel_levels / 2.0)

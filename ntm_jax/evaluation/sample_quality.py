@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.neural_network import MLPClassifier
 
 from ntm_jax import data
+from ntm_jax.data import dequantization
 
 
 @dataclasses.dataclass
@@ -34,7 +35,7 @@ def split_images(name: str, split: str, pixel_levels: int, data_dir: str = "") -
   """All images of a split in model space (bin centres in [-1, 1]) and their labels."""
   source = data.load_split(name, split, data_dir)
   batch = next(data.eval_batches(source, source.num_examples))
-  images = 2.0 * (batch["image"].astype(np.float64) + 0.5) / pixel_levels - 1.0
+  images = dequantization.bin_centres(batch["image"], pixel_levels, np.float64)
   return images, batch["label"]
 
 

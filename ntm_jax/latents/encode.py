@@ -21,6 +21,7 @@ from array_record.python import array_record_module
 from jax.experimental import multihost_utils
 
 from ntm_jax import data
+from ntm_jax.data import dequantization
 from ntm_jax.latents import latent_dataset
 from ntm_jax.latents.space import LatentSpace, space_of
 
@@ -74,7 +75,7 @@ def encode_dataset(config, batch_size: int = 0) -> dict:
       examples = [source.source[i] for i in range(first, min(first + batch_size, mine.stop))]
       pixels = np.stack([np.asarray(e["image"]) for e in examples]).astype(np.float32)
       padded = np.concatenate([pixels, np.repeat(pixels[-1:], batch_size - len(pixels), axis=0)])
-      latents = np.asarray(encode(2.0 * (padded + 0.5) / levels - 1.0))[:len(examples)]
+      latents = np.asarray(encode(dequantization.bin_centres(padded, levels)))[:len(examples)]
       for example, latent in zip(examples, latents):
         writer.write(features.serialize_example({**example, "image": latent}))
       done = min(first + batch_size, mine.stop) - mine.start

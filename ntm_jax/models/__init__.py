@@ -13,6 +13,7 @@ from ntm_jax.models.flow_matching import FlowMatching
 from ntm_jax.models.generative import GenerativeModel
 from ntm_jax.models.ntm import NTM
 from ntm_jax.models.tarflow import TarFlow
+from ntm_jax.models.transporter import INVERSION_METHODS, JACOBI_TOLERANCE
 
 _MODEL_CLASSES = {"ntm": NTM, "tarflow": TarFlow, "flow_matching": FlowMatching}
 
@@ -37,5 +38,6 @@ def count_parameters(cfg: ModelConfig) -> int:
   return int(sum(x.size for x in jax.tree.leaves(abstract_model(cfg)[1])))
 
 
-__all__ = ["FlowMatching", "GenerativeModel", "ModelConfig", "NTM", "TarFlow", "abstract_model", "build_model",
+__all__ = ["INVERSION_METHODS", "JACOBI_TOLERANCE", "FlowMatching", "GenerativeModel", "ModelConfig", "NTM",
+           "TarFlow", "abstract_model", "build_model",
            "count_parameters", "model_class", "model_config_from_dict"]

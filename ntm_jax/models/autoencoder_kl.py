@@ -123,26 +123,20 @@ class Upsample(nnx.Module):
     return self.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
 
 
-class EncoderLevel(nnx.Module):
-  def __init__(self, in_features, out_features, num_layers, groups, downsample: bool, *, rngs):
+class ResolutionLevel(nnx.Module):
+  """ResNet blocks at one resolution, then an optional 2x down- or upsampler (diffusers' down_blocks.i and
+  up_blocks.i; the unused resampler list stays empty, so the parameter names are diffusers')."""
+
+  def __init__(self, in_features, out_features, num_layers, groups, resample: str, *, rngs):
+    if resample not in ("", "down", "up"):
+      raise ValueError(f"resample must be '', 'down' or 'up', got {resample!r}")
     self.resnets = nnx.List([ResnetBlock(in_features if i == 0 else out_features, out_features, groups, rngs=rngs)
                              for i in range(num_layers)])
-    self.downsamplers = nnx.List([Downsample(out_features, rngs=rngs)] if downsample else [])
+    self.downsamplers = nnx.List([Downsample(out_features, rngs=rngs)] if resample == "down" else [])
+    self.upsamplers = nnx.List([Upsample(out_features, rngs=rngs)] if resample == "up" else [])
 
   def __call__(self, x):
-    for block in [*self.resnets, *self.downsamplers]:
-      x = block(x)
-    return x
-
-
-class DecoderLevel(nnx.Module):
-  def __init__(self, in_features, out_features, num_layers, groups, upsample: bool, *, rngs):
-    self.resnets = nnx.List([ResnetBlock(in_features if i == 0 else out_features, out_features, groups, rngs=rngs)
-                             for i in range(num_layers)])
-    self.upsamplers = nnx.List([Upsample(out_features, rngs=rngs)] if upsample else [])
-
-  def __call__(self, x):
-    for block in [*self.resnets, *self.upsamplers]:
+    for block in [*self.resnets, *self.downsamplers, *self.upsamplers]:
       x = block(x)
     return x
 
@@ -152,7 +146,8 @@ class Encoder(nnx.Module):
     widths, groups = cfg.block_out_channels, cfg.norm_num_groups
     self.conv_in = _conv(cfg.in_channels, widths[0], rngs=rngs)
     self.down_blocks = nnx.List([
-        EncoderLevel(widths[max(i - 1, 0)], widths[i], cfg.layers_per_block, groups, i < len(widths) - 1, rngs=rngs)
+        ResolutionLevel(widths[max(i - 1, 0)], widths[i], cfg.layers_per_block, groups,
+                        "down" if i < len(widths) - 1 else "", rngs=rngs)
         for i in range(len(widths))])
     self.mid_block = MidBlock(widths[-1], groups, cfg.mid_block_add_attention, rngs=rngs)
     self.conv_norm_out = _norm(widths[-1], groups, rngs=rngs)
@@ -171,8 +166,8 @@ class Decoder(nnx.Module):
     self.conv_in = _conv(cfg.latent_channels, widths[0], rngs=rngs)
     self.mid_block = MidBlock(widths[0], groups, cfg.mid_block_add_attention, rngs=rngs)
     self.up_blocks = nnx.List([
-        DecoderLevel(widths[max(i - 1, 0)], widths[i], cfg.layers_per_block + 1, groups, i < len(widths) - 1,
-                     rngs=rngs)
+        ResolutionLevel(widths[max(i - 1, 0)], widths[i], cfg.layers_per_block + 1, groups,
+                        "up" if i < len(widths) - 1 else "", rngs=rngs)
         for i in range(len(widths))])
     self.conv_norm_out = _norm(widths[-1], groups, rngs=rngs)
     self.conv_out = _conv(widths[-1], cfg.out_channels, rngs=rngs)

@@ -27,7 +27,9 @@ from ntm_jax.models.config import ModelConfig
 # How an error names each sampling option a model may lack.
 _OPTION_NAMES = {"num_steps": "a number of steps", "temperature": "a temperature", "guidance_scale": "guidance",
                  "denoise": "trajectory-score denoising", "denoiser": "a distilled denoiser",
-                 "sampler": "a choice of sampler", "pairwise_num_steps": "pairwise (t, s) training"}
+                 "sampler": "a choice of sampler", "pairwise_num_steps": "pairwise (t, s) training",
+                 "inversion": "a choice of inversion of f_T", "jacobi_tolerance": "a Jacobi tolerance",
+                 "jacobi_max_iterations": "a Jacobi iteration cap"}
 
 
 def _refuse_unknown(options: dict, accepted: tuple[str, ...], description: str) -> None:

@@ -17,7 +17,7 @@ from ntm_jax.models import conditioning, denoising, guidance, layers, trajectory
 from ntm_jax.models.config import ModelConfig
 from ntm_jax.models.generative import TrajectoryModel
 from ntm_jax.models.predictor import TrajectoryPredictor
-from ntm_jax.models.transporter import Transporter
+from ntm_jax.models.transporter import JACOBI_TOLERANCE, Transporter, inversion_options
 
 DISTILLATION_TARGETS = ("inverse", "denoised")
 
@@ -38,7 +38,8 @@ class NTM(TrajectoryModel):
 
   description = "NTM"
   loss_options = ("pairwise_num_steps",)
-  sample_options = ("num_steps", "temperature", "guidance_scale", "denoise", "denoiser")
+  sample_options = ("num_steps", "temperature", "guidance_scale", "denoise", "denoiser", "inversion",
+                    "jacobi_tolerance", "jacobi_max_iterations")
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     if cfg.kind != "ntm":
@@ -142,7 +143,7 @@ class NTM(TrajectoryModel):
 
   def sample_trajectory(self, key: jax.Array, batch_size: int, labels_B=None, *, num_steps: int | None = None,
                         temperature: float = 1.0, guidance_scale: float = 0.0, use_cache: bool = True,
-                        decode_all_levels: bool = False, invert: bool = True,
+                        decode_all_levels: bool = False, invert: bool = True, inversion: dict | None = None,
                         dtype=jnp.float32) -> dict[str, jax.Array]:
     """D6: x_1 ~ N(0, I), u_T = f_T(x_1; 1), T predictor steps in u-space, then one inversion of f_T.
 
@@ -155,8 +156,10 @@ class NTM(TrajectoryModel):
 
     Returns a dict with `x0` [B, N, c] (unless `invert` is False: a distilled denoiser replaces the
     inversion), `u` [B, T + 1, N, c], `z` [B, T, N, c] (the standard normal draws, level order), and, if
-    `decode_all_levels`, `x` [B, T + 1, N, c] (every level inverted).
+    `decode_all_levels`, `x` [B, T + 1, N, c] (every level inverted). `inversion` holds Transporter.inverse's
+    method options (default: token by token).
     """
+    inversion = inversion or {}
     image = self.cfg.image
     times = self.time_grid(num_steps, dtype)
     num_steps = times.shape[0] - 1
@@ -196,22 +199,25 @@ class NTM(TrajectoryModel):
 
     out = {"u": u, "z": z}
     if invert:
-      out["x0"] = self.transporter.inverse(u[:, 0], jnp.zeros((batch_size,), dtype))
+      out["x0"] = self.transporter.inverse(u[:, 0], jnp.zeros((batch_size,), dtype), **inversion)
     if decode_all_levels:
       t_rows = jnp.broadcast_to(times, (batch_size, num_steps + 1)).reshape(-1)
-      x_all = self.transporter.inverse(u.reshape((-1,) + token_shape[1:]), t_rows)
+      x_all = self.transporter.inverse(u.reshape((-1,) + token_shape[1:]), t_rows, **inversion)
       out["x"] = x_all.reshape(u.shape).at[:, num_steps].set(x_noise)
     return out
 
   def _sample(self, key, num_samples, condition=None, *, num_steps=None, temperature=1.0, guidance_scale=0.0,
-              denoise=False, denoiser=None, dtype=jnp.float32):
-    """x_0 tokens: the inversion of f_T, its replacement by a distilled `denoiser` g(u_0, y) (C.12), or the
-    trajectory-score estimate at the cleanest noisy level (`denoise`, C.11: every level inverted)."""
+              denoise=False, denoiser=None, inversion="sequential", jacobi_tolerance=JACOBI_TOLERANCE,
+              jacobi_max_iterations=0, dtype=jnp.float32):
+    """x_0 tokens: the inversion of f_T (token by token, or by Jacobi iterations: `inversion`), its replacement
+    by a distilled `denoiser` g(u_0, y) (C.12), or the trajectory-score estimate at the cleanest noisy level
+    (`denoise`, C.11: every level inverted)."""
     if denoise and denoiser is not None:
       raise ValueError("choose one of sample.denoise (score denoising) and the distilled denoiser")
     out = self.sample_trajectory(key, num_samples, condition, num_steps=num_steps, temperature=temperature,
                                  guidance_scale=guidance_scale, decode_all_levels=denoise,
-                                 invert=denoiser is None, dtype=dtype)
+                                 invert=denoiser is None, dtype=dtype,
+                                 inversion=inversion_options(inversion, jacobi_tolerance, jacobi_max_iterations))
     if denoiser is not None:
       return denoiser(out["u"][:, 0], condition)
     if denoise:

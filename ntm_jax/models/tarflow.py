@@ -16,13 +16,14 @@ from flax import nnx
 from ntm_jax.models import patches, trajectory
 from ntm_jax.models.config import ModelConfig
 from ntm_jax.models.generative import GenerativeModel
-from ntm_jax.models.transporter import Transporter
+from ntm_jax.models.transporter import JACOBI_TOLERANCE, Transporter, inversion_options
 
 
 class TarFlow(GenerativeModel):
   """A plain TarFlow over tokens [B, N, c]: exact log-likelihood, autoregressive sampling."""
 
   description = "the TarFlow baseline"
+  sample_options = ("temperature", "inversion", "jacobi_tolerance", "jacobi_max_iterations")
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     if cfg.kind != "tarflow":
@@ -53,8 +54,10 @@ class TarFlow(GenerativeModel):
     log_p = -self.log_prob(patches.patchify(images_BxHxWxC, self.cfg.image.patch_size), condition)["nll"]
     return {"elbo": log_p, "iw": log_p}
 
-  def _sample(self, key, num_samples, condition=None, *, temperature: float = 1.0, dtype=jnp.float32):
-    """x = f^-1(temperature * z), z ~ N(0, I): N sequential one-token steps per block."""
+  def _sample(self, key, num_samples, condition=None, *, temperature: float = 1.0, inversion="sequential",
+              jacobi_tolerance=JACOBI_TOLERANCE, jacobi_max_iterations=0, dtype=jnp.float32):
+    """x = f^-1(temperature * z), z ~ N(0, I): N sequential one-token steps per block, or Jacobi iterations."""
     image = self.cfg.image
     z = temperature * jax.random.normal(key, (num_samples, image.num_tokens, image.token_dim), dtype)
-    return self.flow.inverse(z, jnp.zeros((num_samples,), dtype), condition)
+    return self.flow.inverse(z, jnp.zeros((num_samples,), dtype), condition,
+                             **inversion_options(inversion, jacobi_tolerance, jacobi_max_iterations))

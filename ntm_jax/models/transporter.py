@@ -25,6 +25,17 @@ from ntm_jax.models.transformer import TokenTransformer
 
 _SOFTPLUS_INVERSE_OF_ONE = math.log(math.expm1(1.0))
 _SOFT_CLIP = 4.0
+INVERSION_METHODS = ("sequential", "jacobi")
+# Jacobi stops when no value moved by more than this in an iteration: far below a pixel bin (2 / 256).
+JACOBI_TOLERANCE = 1e-4
+
+
+def inversion_options(method: str = "sequential", tolerance: float = JACOBI_TOLERANCE, max_iterations: int = 0) -> dict:
+  """Transporter.inverse's options for sample.inversion; the Jacobi settings are refused without Jacobi."""
+  if method != "jacobi" and (tolerance != JACOBI_TOLERANCE or max_iterations):
+    raise ValueError(f"sample.jacobi_tolerance and sample.jacobi_max_iterations apply to sample.inversion='jacobi', "
+                     f"not {method!r}")
+  return {"method": method, "tolerance": tolerance, "max_iterations": max_iterations}
 
 
 def affine_parameters(raw_BxNx2c: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -139,6 +150,38 @@ class FlowBlock(nnx.Module):
         0, self.num_tokens - 1, decode_token, (z_scan.at[:, 1:].set(0.0), caches))
     return self.from_scan_order(x_scan)
 
+  def inverse_jacobi(self, z_BxNxc: jax.Array, t_B: jax.Array, labels_B=None, *, tolerance: float = 0.0,
+                     max_iterations: int = 0) -> tuple[jax.Array, jax.Array]:
+    """Parallel (Jacobi) inverse: every token updated at once from the current guess, x <- z sigma(x) + mu(x).
+
+    By causality token i is exact once tokens < i are, so N - 1 iterations give the exact inverse from any
+    start; it stops earlier when no value moved by more than `tolerance` in the last iteration (over the
+    whole batch), or at `max_iterations` (0: N - 1). Returns (x, the number of iterations run).
+    """
+    z_scan = self.to_scan_order(z_BxNxc)
+    cond = self._conditioning_Bxd(t_B, labels_B)
+    cap = min(max_iterations or self.num_tokens - 1, self.num_tokens - 1)
+
+    def update(x_scan):
+      raw = self._hidden(x_scan, cond)
+      raw = jnp.concatenate([jnp.zeros_like(raw[:, :1]), raw[:, :-1]], axis=1)  # token 0 passes through
+      mu, log_sigma = affine_parameters(raw)
+      return (z_scan.astype(mu.dtype) * jnp.exp(log_sigma) + mu).astype(x_scan.dtype)
+
+    def keep_going(carry):
+      _, change, iterations = carry
+      return (iterations < cap) & (change > tolerance)
+
+    def iterate(carry):
+      x_scan, _, iterations = carry
+      new = update(x_scan)
+      return new, jnp.max(jnp.abs(new - x_scan)), iterations + 1
+
+    # The start z is exact at token 0 (it passes through) and is the identity's inverse elsewhere.
+    start = (z_scan, jnp.asarray(jnp.inf, z_scan.dtype), jnp.asarray(0, jnp.int32))
+    x_scan, _, iterations = jax.lax.while_loop(keep_going, iterate, start)
+    return self.from_scan_order(x_scan), iterations
+
   @staticmethod
   def _set_next_token(x_scan, z_scan, raw_i_Bx2c, i):
     """x_{i+1} = z_{i+1} sigma + mu, with (mu, sigma) read from the output at token i."""
@@ -168,9 +211,26 @@ class Transporter(nnx.Module):
       logdet = logdet + block_logdet
     return x_BxNxc, logdet
 
-  def inverse(self, u_BxNxc: jax.Array, t_B: jax.Array, labels_B=None, *, use_cache: bool = True):
-    """x = f_T^-1(u; t): the blocks in reverse order, each decoded token by token."""
+  def inverse(self, u_BxNxc: jax.Array, t_B: jax.Array, labels_B=None, *, use_cache: bool = True,
+              method: str = "sequential", tolerance: float = 0.0, max_iterations: int = 0):
+    """x = f_T^-1(u; t): the blocks in reverse order, each decoded token by token (`method` "sequential"), or
+    by Jacobi iterations with `tolerance` and `max_iterations` ("jacobi", `inverse_jacobi`)."""
+    if method not in INVERSION_METHODS:
+      raise ValueError(f"unknown inversion {method!r}; choose one of {INVERSION_METHODS}")
+    if method == "jacobi":
+      return self.inverse_jacobi(u_BxNxc, t_B, labels_B, tolerance=tolerance, max_iterations=max_iterations)[0]
     for block in reversed(self.blocks):
       invert = block.inverse if use_cache else block.inverse_reference
       u_BxNxc = invert(u_BxNxc, t_B, labels_B)
     return u_BxNxc
+
+  def inverse_jacobi(self, u_BxNxc: jax.Array, t_B: jax.Array, labels_B=None, *, tolerance: float = 0.0,
+                     max_iterations: int = 0) -> tuple[jax.Array, jax.Array]:
+    """x = f_T^-1(u; t) with each block inverted by Jacobi iterations (FlowBlock.inverse_jacobi); returns
+    (x, iterations per block [num_blocks], in the order they ran: the last block first)."""
+    counts = []
+    for block in reversed(self.blocks):
+      u_BxNxc, iterations = block.inverse_jacobi(u_BxNxc, t_B, labels_B, tolerance=tolerance,
+                                                 max_iterations=max_iterations)
+      counts.append(iterations)
+    return u_BxNxc, jnp.stack(counts) if counts else jnp.zeros((0,), jnp.int32)

@@ -29,7 +29,8 @@ from ntm_jax.parallel import mesh as mesh_lib
 from ntm_jax.sampling import images
 
 # config.sample fields that are sampling options, with the value that means "the model's default".
-_OPTION_DEFAULTS = {"num_steps": 0, "temperature": 1.0, "guidance_scale": 0.0, "denoise": False, "sampler": ""}
+_OPTION_DEFAULTS = {"num_steps": 0, "temperature": 1.0, "guidance_scale": 0.0, "denoise": False, "sampler": "",
+                    "inversion": "sequential", "jacobi_tolerance": models.JACOBI_TOLERANCE, "jacobi_max_iterations": 0}
 
 
 def sample_options(spec, **overrides) -> dict:

@@ -26,6 +26,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ntm_jax import data
+from ntm_jax.data import dequantization
 from ntm_jax.latents.autoencoders import STATS_FILE, autoencoder_config
 from ntm_jax.models.autoencoder import Autoencoder, LatentStats
 from ntm_jax.parallel import checkpoint
@@ -38,7 +39,7 @@ from ntm_jax.training.progress import Progress
 
 def to_model_space(images_int: jax.Array, pixel_levels: int) -> jax.Array:
   """Integer images 0..K-1 -> the centres of their bins in [-1, 1]."""
-  return 2.0 * (images_int.astype(jnp.float32) + 0.5) / pixel_levels - 1.0
+  return dequantization.bin_centres(images_int, pixel_levels)
 
 
 def train_step(state, batch, base_key, *, graphdef, stats, optimizer, pixel_levels: int, ema_decay: float):
