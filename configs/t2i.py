@@ -134,12 +134,13 @@ def get_config(arg=None):
   config.eval = dict(split="validation", batch_size=batch_size, importance_samples=1,
                      best_metric="nats_per_dim_iw" if latent else "bpd_iw")
   config.sample = dict(num_samples=64, temperature=1.0, guidance_scale=0.0, num_steps=0, seed=0, labels="",
-                       prompts="", prompts_file="", denoise=False, use_denoiser=False,
+                       prompts="", prompts_file="", denoise=False, use_denoiser=True,
                        inversion="sequential", jacobi_tolerance=1e-4, jacobi_max_iterations=0)
   # The GenEval-style shapes evaluation (--mode=judge): prompts per category, samples per prompt.
   config.judge = dict(prompts_per_category=20, samples_per_prompt=4, batch_size=120, guidance_scales="")
   config.distill = dict(depth=4 if on_tpu else 2, width=width, head_dim=head_dim, mlp_ratio=4,
                         num_steps=20_000 if on_tpu else 1000, batch_size=batch_size, learning_rate=1e-4,
-                        target="inverse", log_every=100, checkpoint_every=1000)
+                        target="inverse", log_every=100, checkpoint_every=1000,
+                        caption_bank=4096)  # training examples whose captions the teacher draws from
 
   return finish_config(config, args, text_dim=text_dim)

@@ -63,6 +63,8 @@ class Model:
     image = model_cfg.image
     self.model_shape = (image.height, image.width, image.channels)  # what the flow models: pixels or latents
     self.image_shape = self.space.autoencoder.image_shape if self.is_latent else self.model_shape
+    # (graphdef, params, step) of the run's distilled denoiser (--mode=distill), or None.
+    self.denoiser = sampling.restore_denoiser(config, workdir, model_cfg) if model_cfg.kind == "ntm" else None
 
   def __repr__(self):
     latent = f", latents {self.model_shape}" if self.is_latent else ""
@@ -72,20 +74,25 @@ class Model:
   # -- sampling ------------------------------------------------------------------------------------------
   def sample(self, n: int, labels=None, prompts: Sequence[str] | None = None, steps: int | None = None,
              guidance: float = 0.0, seed: int = 0, temperature: float = 1.0, denoise: bool = False,
-             sampler: str = "") -> np.ndarray:
+             sampler: str = "", inversion: str = "sequential", use_denoiser: bool = True) -> np.ndarray:
     """`n` images as uint8 [n, H, W, C]: `steps` trajectory steps (default the model's T), Gaussian guidance
-    of scale `guidance` for conditional models, `denoise` for trajectory-score denoising of x_0 (C.11), and
-    `sampler` ("euler" or "ancestral") for flow matching; an option the model lacks is refused by name."""
+    of scale `guidance` for conditional models, `denoise` for trajectory-score denoising of x_0 (C.11),
+    `sampler` ("euler" or "ancestral") for flow matching, and f_T inverted token by token or by Jacobi
+    iterations (`inversion`), unless the run has a distilled denoiser and `use_denoiser` (then it replaces the
+    inversion); an option the model lacks is refused by name."""
     condition = self._condition(n, labels, prompts)
     options = sampling.sample_options({}, num_steps=steps or 0, guidance_scale=float(guidance),
-                                     temperature=float(temperature), denoise=bool(denoise), sampler=sampler)
-    fn = self._sample_fn(n, tuple(sorted(options.items())))
-    model_space = fn(self.params, jax.random.key(seed), condition)
+                                     temperature=float(temperature), denoise=bool(denoise), sampler=sampler,
+                                     inversion=inversion)
+    denoiser = self.denoiser if use_denoiser and not denoise else None
+    fn = self._sample_fn(n, tuple(sorted(options.items())), denoiser is not None)
+    model_space = fn(self.params, jax.random.key(seed), condition, denoiser[1] if denoiser else None)
     return images.to_uint8(self.space.to_pixels(model_space), self.pixel_levels)
 
   @functools.lru_cache(maxsize=16)
-  def _sample_fn(self, n, options):
-    return sampling.make_sample_fn(self.graphdef, n, dict(options))
+  def _sample_fn(self, n, options, with_denoiser: bool):
+    return sampling.make_sample_fn(self.graphdef, n, dict(options),
+                                   denoiser_graphdef=self.denoiser[0] if with_denoiser else None)
 
   # -- likelihoods ---------------------------------------------------------------------------------------
   def bits_per_dim(self, images_uint8, labels=None, prompts: Sequence[str] | None = None,

@@ -8,12 +8,15 @@ import os
 import numpy as np
 import pytest
 
+import ntm_jax
 from ntm_jax import data, models
 from ntm_jax.data import text_features
 from ntm_jax.data.builders import mnist5k, shapes_prompts, shapes_scenes
 from ntm_jax.evaluation import prompt_following as shapes_eval
+from ntm_jax.models.denoiser import Denoiser
 from ntm_jax.sampling import sampler as sample
-from ntm_jax.training import train
+from ntm_jax.training import distill, train
+from tests import helpers
 from tests.config_test import load_config
 from tests.data_test import write_fake_mnist_csv
 
@@ -122,6 +125,49 @@ def test_t2i_trains_samples_prompts_and_is_judged(tmp_path):
   config.sample.labels = "3"
   with pytest.raises(ValueError, match="text-conditional: use sample.prompts"):
     sample.sample_checkpoint(config, workdir)
+
+
+def test_a_text_model_distils_a_caption_conditioned_denoiser_that_sample_judge_and_api_use(tmp_path):
+  workdir = str(tmp_path / "t2i")
+  config = t2i_smoke(steps=2)
+  train.train_and_evaluate(config, workdir)
+  config.distill.update(num_steps=4, batch_size=8, checkpoint_every=2, log_every=2)
+  results = distill.distill(config, workdir)
+  assert results["denoiser_step"] == 4 and np.isfinite(results["held_out_mse"])
+  config.sample.update(prompts="a red circle|two squares", num_samples=2, guidance_scale=2.0)
+  out = sample.sample_checkpoint(config, workdir)
+  assert out["distilled_denoiser_step"] == 4 and out["png"].endswith("_distilled.png")
+  # f_T(x_1), the caption prefill, T = 4 levels and the denoiser's one pass (the inversion took 2 x 15).
+  assert out["dependent_evaluations"] == 7
+  config.sample.use_denoiser = False
+  assert sample.sample_checkpoint(config, workdir)["dependent_evaluations"] == 1 + 1 + 4 + 2 * 15
+  config.sample.use_denoiser = True
+  config.judge.update(prompts_per_category=1, samples_per_prompt=1, batch_size=6, guidance_scales="0")
+  assert shapes_eval.judge_checkpoint(config, workdir)["distilled_denoiser_step"] == 4
+  model = ntm_jax.load(workdir)
+  assert model.denoiser is not None and model.denoiser[2] == 4
+  with_denoiser = model.sample(2, prompts=["a red circle", "two squares"], seed=1)
+  exact = model.sample(2, prompts=["a red circle", "two squares"], seed=1, use_denoiser=False)
+  assert with_denoiser.shape == exact.shape == (2, 32, 32, 3)
+  jacobi = model.sample(2, prompts=["a red circle", "two squares"], seed=1, use_denoiser=False, inversion="jacobi")
+  assert np.abs(jacobi.astype(int) - exact.astype(int)).max() <= 1  # a tolerance of 1e-4 in [-1, 1]
+
+
+def test_the_caption_bank_keeps_each_caption_once_and_its_frequency():
+  captions = ["a circle"] * 6 + ["two squares"] * 2
+  examples = [{"caption": c} for c in captions]
+  split = data.with_text_features(data.DataSource(examples, 8, (32, 32, 3), False, features=("image", "caption")),
+                                  "test", "minilm", 16)
+  bank = distill.caption_bank(split, size=8)
+  assert bank["features"]["text_pooled"].shape[0] == 2 and bank["rows"].shape == (8,)
+  assert sorted(np.bincount(bank["rows"]).tolist()) == [2, 6]
+  # The text condition changes the denoiser's output (a zero head would hide it: randomise first).
+  model_cfg = models.model_config_from_dict(t2i_smoke().model)
+  denoiser = helpers.randomize(Denoiser.for_model(t2i_smoke().distill, model_cfg), seed=2, scale=0.3)
+  u0 = np.random.default_rng(0).normal(size=(2, model_cfg.image.num_tokens, model_cfg.image.token_dim))
+  two_captions = {name: value[[0, 1]] for name, value in bank["features"].items()}
+  same_u0 = np.asarray(denoiser(u0[:1].repeat(2, 0).astype(np.float32), two_captions))
+  assert np.isfinite(same_u0).all() and np.abs(same_u0[0] - same_u0[1]).max() > 1e-4
 
 
 def test_judge_prompt_sets_are_fixed_balanced_and_apart():

@@ -72,6 +72,21 @@ def test_sampling_with_jacobi_inversion_equals_sampling_token_by_token(x64, kind
     model.sample(key, 3, inversion="newton")
 
 
+def test_dependent_evaluations_count_each_sampling_path(x64):
+  ntm = helpers.tiny_model(0, num_steps=2)  # 2 blocks over 8 tokens
+  assert ntm.dependent_evaluations() == 1 + 2 + 2 * 7  # f_T(x_1), T levels, 7 one-token steps per block
+  assert ntm.dependent_evaluations(num_steps=3) == 1 + 3 + 14
+  assert ntm.dependent_evaluations(inversion="jacobi", jacobi_max_iterations=3) == 1 + 2 + 2 * 3
+  assert ntm.dependent_evaluations(denoiser=object()) == 1 + 2 + 1
+  assert ntm.dependent_evaluations(denoise=True) == 1 + 2 + 14 + 1
+  assert helpers.tiny_model(0, num_blocks=0).dependent_evaluations() == 2  # gaussian: no f_T to invert
+  assert helpers.tiny_model(0, kind="tarflow", num_blocks=3).dependent_evaluations() == 3 * 7
+  flow_matching = helpers.tiny_model(0, kind="flow_matching", num_blocks=0, prediction="velocity")
+  assert flow_matching.dependent_evaluations(num_steps=50) == 50
+  with pytest.raises(ValueError, match="guidance is not implemented for the TarFlow baseline"):
+    helpers.tiny_model(0, kind="tarflow").dependent_evaluations(guidance_scale=2.0)
+
+
 def test_flow_matching_refuses_an_inversion_by_name(x64):
   model = helpers.tiny_model(0, kind="flow_matching", num_blocks=0, prediction="velocity")
   with pytest.raises(ValueError, match="a choice of inversion of f_T is not implemented"):

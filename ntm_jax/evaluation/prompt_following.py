@@ -56,17 +56,23 @@ def judge_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: str
     raise ValueError("--mode=judge needs a text-conditional model")
   spec = config.judge
   batch = spec.batch_size
+  denoiser = sampler.denoiser_to_use(config, workdir, model_cfg, mesh)  # replaces the inversion of f_T
   replicated = NamedSharding(mesh, PartitionSpec())
   scales = parse_scales(spec.guidance_scales, config.sample.guidance_scale)
   results = {"step": step, "kind": model_cfg.kind, "num_prompts": len(PROMPT_SETS["by_guidance_scale"](
                  spec.prompts_per_category)), "temperature": config.sample.temperature,
              "denoise": config.sample.denoise, "samples_per_prompt": spec.samples_per_prompt,
              "num_steps_T": config.sample.num_steps or model_cfg.num_steps,
-             "held_out_compositions_kept_out_of_training": captions_held_out_in_training(workdir)}
-  suffix = f"_temp{config.sample.temperature:g}" + ("_denoised" if config.sample.denoise else "")
+             "held_out_compositions_kept_out_of_training": captions_held_out_in_training(workdir),
+             "distilled_denoiser_step": denoiser[2] if denoiser else None,
+             "dependent_evaluations": sampler.dependent_evaluations(
+                 graphdef, params, sampler.sample_options(config.sample), denoiser)}
+  suffix = (f"_temp{config.sample.temperature:g}" + ("_denoised" if config.sample.denoise else "")
+            + ("_distilled" if denoiser else ""))
   for scale in scales:
     options = sampler.sample_options(config.sample, guidance_scale=scale)
-    sample_fn = sampler.make_sample_fn(graphdef, batch, options, out_sharding=replicated)
+    sample_fn = sampler.make_sample_fn(graphdef, batch, options, out_sharding=replicated,
+                                       denoiser_graphdef=denoiser[0] if denoiser else None)
     for key_name, make_prompts in PROMPT_SETS.items():
       prompts = make_prompts(spec.prompts_per_category)
       all_prompts = [p for p in prompts for _ in range(spec.samples_per_prompt)]
@@ -78,7 +84,7 @@ def judge_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: str
         # The held-out set draws its own keys, so neither set's samples depend on the other's size.
         key = jax.random.fold_in(jax.random.key(config.sample.seed + (key_name != "by_guidance_scale")), index)
         with mesh_lib.use(mesh):
-          out = np.asarray(jax.device_get(sample_fn(params, key, chunk)))
+          out = np.asarray(jax.device_get(sample_fn(params, key, chunk, denoiser[1] if denoiser else None)))
         samples.append(out[:len(all_prompts) - first])
       uint8 = images.to_uint8(space.to_pixels(np.concatenate(samples)), space.pixel_levels)
       scores = shapes_judge.score(uint8, all_prompts)

@@ -79,6 +79,10 @@ class FlowMatching(TrajectoryModel):
     return trajectory.trajectory_nll_parts(x_BxKxNxc[:, -1], x_BxKxNxc[:, :-1], mu, sigma,
                                            jnp.zeros((batch, num_steps), mu.dtype))
 
+  def _dependent_evaluations(self, *, num_steps=None, **_) -> int:
+    """One velocity (or posterior) evaluation per step."""
+    return num_steps or self.cfg.num_steps
+
   def _sample(self, key: jax.Array, batch_size: int, labels_B=None, *, num_steps: int | None = None,
               sampler: str = "euler", temperature: float = 1.0, dtype=jnp.float32) -> jax.Array:
     """Tokens [B, N, c] after T steps of the `sampler` ("euler" or "ancestral") from x_1 ~ N(0, I)."""

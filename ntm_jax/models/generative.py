@@ -91,6 +91,16 @@ class GenerativeModel(nnx.Module):
   def _sample(self, key, num_samples, condition, *, dtype, **options):
     raise NotImplementedError
 
+  def dependent_evaluations(self, **options) -> int:
+    """How many network evaluations one sample with these options takes one after another (each needs the
+    last one's result): what bounds a sample's latency however wide the machine. A KV-cached one-token step
+    counts as one; Jacobi inversion counts its iteration cap (the run reports how many it took)."""
+    _refuse_unknown(options, self.sample_options + ("denoiser",), self.description)
+    return self._dependent_evaluations(**options)
+
+  def _dependent_evaluations(self, **options) -> int:
+    raise NotImplementedError
+
   # -- trajectories ---------------------------------------------------------------------------------------
   def time_grid(self, num_steps: int | None = None, dtype=jnp.float32) -> jax.Array:
     """t_0 = 0 < ... < t_T = 1 for T = `num_steps` (default: the config's)."""

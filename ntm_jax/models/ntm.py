@@ -17,7 +17,7 @@ from ntm_jax.models import conditioning, denoising, guidance, layers, trajectory
 from ntm_jax.models.config import ModelConfig
 from ntm_jax.models.generative import TrajectoryModel
 from ntm_jax.models.predictor import TrajectoryPredictor
-from ntm_jax.models.transporter import JACOBI_TOLERANCE, Transporter, inversion_options
+from ntm_jax.models.transporter import JACOBI_TOLERANCE, Transporter, inversion_evaluations, inversion_options
 
 DISTILLATION_TARGETS = ("inverse", "denoised")
 
@@ -224,6 +224,19 @@ class NTM(TrajectoryModel):
       times = self.time_grid(num_steps, out["x"].dtype)
       return denoising.denoise_trajectory(self, out["x"], times, condition)[:, 0]
     return out["x0"]
+
+  def _dependent_evaluations(self, *, num_steps=None, denoise=False, denoiser=None, inversion="sequential",
+                             jacobi_max_iterations=0, **_) -> int:
+    """f_T(x_1) (if f_T has blocks), the caption prefill (text models), T predictor levels, then the
+    inversion of f_T (token by token or Jacobi; score denoising inverts every level at once and adds one
+    predictor pass), or one pass of a distilled denoiser."""
+    image, blocks = self.cfg.image, self.cfg.transporter.num_blocks
+    count = (1 if blocks else 0) + (1 if self.condition_kind == "text" else 0)
+    count += num_steps or self.cfg.num_steps
+    if denoiser is not None:
+      return count + 1
+    count += inversion_evaluations(blocks, image.num_tokens, inversion, jacobi_max_iterations)
+    return count + (1 if denoise else 0)
 
   def distillation_batch(self, key, batch_size, condition, *, target: str, temperature: float):
     """(u_0, x_0 target) of one batch of the model's own samples: the target is the exact inversion

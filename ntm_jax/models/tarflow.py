@@ -16,7 +16,7 @@ from flax import nnx
 from ntm_jax.models import patches, trajectory
 from ntm_jax.models.config import ModelConfig
 from ntm_jax.models.generative import GenerativeModel
-from ntm_jax.models.transporter import JACOBI_TOLERANCE, Transporter, inversion_options
+from ntm_jax.models.transporter import JACOBI_TOLERANCE, Transporter, inversion_evaluations, inversion_options
 
 
 class TarFlow(GenerativeModel):
@@ -61,3 +61,8 @@ class TarFlow(GenerativeModel):
     z = temperature * jax.random.normal(key, (num_samples, image.num_tokens, image.token_dim), dtype)
     return self.flow.inverse(z, jnp.zeros((num_samples,), dtype), condition,
                              **inversion_options(inversion, jacobi_tolerance, jacobi_max_iterations))
+
+  def _dependent_evaluations(self, *, inversion="sequential", jacobi_max_iterations=0, **_) -> int:
+    """The inversion of the flow: its blocks one after another, each token by token (or by Jacobi)."""
+    return inversion_evaluations(self.cfg.transporter.num_blocks, self.cfg.image.num_tokens, inversion,
+                                 jacobi_max_iterations)

@@ -38,6 +38,16 @@ def inversion_options(method: str = "sequential", tolerance: float = JACOBI_TOLE
   return {"method": method, "tolerance": tolerance, "max_iterations": max_iterations}
 
 
+def inversion_evaluations(num_blocks: int, num_tokens: int, method: str = "sequential", max_iterations: int = 0,
+                          **_) -> int:
+  """Dependent network evaluations of inverting `num_blocks` blocks over `num_tokens` tokens: N - 1 one-token
+  steps per block token by token, at most the iteration cap (at most N - 1) per block by Jacobi."""
+  per_block = num_tokens - 1
+  if method == "jacobi" and max_iterations:
+    per_block = min(max_iterations, per_block)
+  return num_blocks * per_block
+
+
 def affine_parameters(raw_BxNx2c: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(mu, log_sigma) from raw outputs, computed in at least float32 (STARFlow's soft clip + softplus)."""
   raw = raw_BxNx2c.astype(layers.compute_dtype_at_least_f32(raw_BxNx2c.dtype))

@@ -124,6 +124,25 @@ def restore_denoiser(config: ml_collections.ConfigDict, workdir: str, model_cfg:
   return None if params is None else (graphdef, params, step)
 
 
+def dependent_evaluations(graphdef, params, options: dict, denoiser=None) -> int:
+  """The sampling path's count of dependent network evaluations per image (GenerativeModel.dependent_evaluations)."""
+  extra = {"denoiser": denoiser[0]} if denoiser else {}
+  return nnx.merge(graphdef, params).dependent_evaluations(**options, **extra)
+
+
+def denoiser_to_use(config: ml_collections.ConfigDict, workdir: str, model_cfg: models.ModelConfig, mesh):
+  """(graphdef, params replicated over `mesh`, step) of the run's distilled denoiser where the sampler should use
+  it (`sample.use_denoiser` on, no score denoising, and a denoiser trained: --mode=distill); else None."""
+  spec = config.sample
+  if not spec.get("use_denoiser", False) or spec.denoise or model_cfg.kind != "ntm":
+    return None
+  denoiser = restore_denoiser(config, workdir, model_cfg)
+  if denoiser is None:
+    return None
+  # The small denoiser is restored unsharded: replicate it onto the model's mesh.
+  return denoiser[0], jax.device_put(denoiser[1], NamedSharding(mesh, PartitionSpec())), denoiser[2]
+
+
 # -- --mode=sample ----------------------------------------------------------------------------------------
 def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: str = "best") -> dict:
   """--mode=sample: draws `config.sample.num_samples` images from a checkpoint's EMA parameters.
@@ -141,15 +160,12 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: st
   spec = config.sample
   condition, captions = sampling_condition(config, model_cfg, spec.num_samples)
   options = sample_options(spec)
-  denoiser = None
-  if spec.use_denoiser and not spec.denoise and model_cfg.condition_kind != "text":
-    denoiser = restore_denoiser(config, workdir, model_cfg)
+  denoiser = denoiser_to_use(config, workdir, model_cfg, mesh)
   replicated = NamedSharding(mesh, PartitionSpec())
   sample_fn = make_sample_fn(graphdef, spec.num_samples, options, denoiser_graphdef=denoiser[0] if denoiser else None,
                              out_sharding=replicated)
   key = jax.random.key(spec.seed)
-  # The small denoiser is restored unsharded: replicate it onto the model's mesh.
-  denoiser_params = jax.device_put(denoiser[1], replicated) if denoiser else None
+  denoiser_params = denoiser[1] if denoiser else None
   with mesh_lib.use(mesh):
     compiled = sample_fn.lower(params, key, condition, denoiser_params).compile()
     start = time.perf_counter()
@@ -171,4 +187,5 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: st
              labels=np.asarray(condition) if condition is not None and captions is None else np.zeros((0,), np.int32),
              captions=np.asarray(captions or [], dtype=str))
   return {"png": stem + ".png", "npz": stem + ".npz", "step": step, "seconds": seconds,
-          "images_per_s": spec.num_samples / seconds, "distilled_denoiser_step": denoiser[2] if denoiser else None}
+          "images_per_s": spec.num_samples / seconds, "distilled_denoiser_step": denoiser[2] if denoiser else None,
+          "dependent_evaluations": dependent_evaluations(graphdef, params, options, denoiser)}

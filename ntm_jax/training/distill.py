@@ -1,8 +1,11 @@
 """The denoiser-distillation loop (NTM.md C.12), `--mode=distill`: g_phi(u_0, y) -> x_0 from the NTM's own samples.
 
-No training data is read. Each step draws a fresh batch of trajectories from the trained NTM (EMA parameters
-of its best checkpoint, `GenerativeModel.distillation_batch`) and regresses g_phi(u_0) on the target, by
-mean squared error in x-space:
+No images are read. Each step draws a fresh batch of trajectories from the trained NTM (EMA parameters of its
+best checkpoint, `GenerativeModel.distillation_batch`) and regresses g_phi(u_0) on the target, by mean squared
+error in x-space. A class model's labels are drawn uniformly; a text model's captions are drawn from those of
+its training split (a bank of the text features of up to `distill.caption_bank` examples, so a caption comes as
+often as in the data), each replaced by the empty caption with probability train.label_dropout, so the
+denoiser also learns the unconditional samples that guidance mixes in. Targets:
   target = "inverse"   the exact inversion f_T^-1(u_0): g_phi replaces the autoregressive inversion;
   target = "denoised"  the trajectory-score estimate of x_0 (C.11), as in the paper.
 The denoiser has its own Orbax checkpoints (WORKDIR/denoiser, resumed automatically) and writes its metrics
@@ -18,9 +21,12 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
+from ntm_jax import latents
+from ntm_jax.models import conditioning
 from ntm_jax.models.denoiser import Denoiser
 from ntm_jax.models.ntm import check_distillation_target
 from ntm_jax.parallel import checkpoint
@@ -41,12 +47,38 @@ def _optimizer_settings(config):
   return settings
 
 
-def teacher_batch(model, key, batch_size: int, num_classes: int, target: str, temperature: float):
-  """(u_0, x_0 target, labels) for one batch of the model's own samples, for labels drawn uniformly."""
+def teacher_batch(model, key, batch_size: int, num_classes: int, target: str, temperature: float,
+                  captions: dict | None = None, caption_dropout: float = 0.0):
+  """(u_0, x_0 target, condition) for one batch of the model's own samples: labels drawn uniformly, or captions
+  drawn from the bank `captions` (`caption_bank`), each dropped to the empty caption with probability
+  `caption_dropout`."""
   label_key, sample_key = jax.random.split(key)
-  labels = jax.random.randint(label_key, (batch_size,), 0, num_classes) if num_classes else None
-  u0, x0 = model.distillation_batch(sample_key, batch_size, labels, target=target, temperature=temperature)
-  return u0, x0, labels
+  if captions is not None:
+    row_key, drop_key = jax.random.split(label_key)
+    examples = captions["rows"]
+    rows = examples[jax.random.randint(row_key, (batch_size,), 0, examples.shape[0])]
+    condition = conditioning.drop(drop_key, jax.tree.map(lambda a: a[rows], captions["features"]), caption_dropout)
+  else:
+    condition = jax.random.randint(label_key, (batch_size,), 0, num_classes) if num_classes else None
+  u0, x0 = model.distillation_batch(sample_key, batch_size, condition, target=target, temperature=temperature)
+  return u0, x0, condition
+
+
+def caption_bank(split, size: int, seed: int = 0) -> dict:
+  """The captions the teacher samples for: the text features of `size` examples of a text model's training
+  split drawn at random (all, if it has fewer), stored once per distinct caption ({"features": text features
+  [distinct, ...], "rows": [size] each example's row}), so a caption is drawn as often as in the data."""
+  examples = np.random.default_rng(seed).permutation(split.num_examples)[:size]
+  features, row_of, rows = [], {}, []
+  for example in examples:
+    feature = split.text_features(split.source[int(example)])
+    identity = b"".join(np.ascontiguousarray(feature[name]).tobytes() for name in sorted(feature))
+    if identity not in row_of:
+      row_of[identity] = len(features)
+      features.append(feature)
+    rows.append(row_of[identity])
+  return {"features": {name: np.stack([f[name] for f in features]) for name in features[0]},
+          "rows": np.asarray(rows, np.int32)}
 
 
 def make_step_fns(graphdef, den_graphdef, optimizer, teacher):
@@ -79,11 +111,13 @@ def distill(config: ml_collections.ConfigDict, workdir: str) -> dict:
   spec = config.distill
   check_distillation_target(spec.target)
   graphdef, params, ntm_step, model_cfg = checkpoint.restore_params(config, workdir, "best")
+  captions = None
   if model_cfg.condition_kind == "text":
-    raise NotImplementedError("distilling a text-conditional NTM is not implemented yet (the denoiser takes "
-                              "class labels only); sample it with the exact inversion")
+    split = latents.space_of(config).load_split(config, "train", model_cfg)
+    captions = jax.device_put(caption_bank(split, spec.caption_bank, config.seed))
   teacher = functools.partial(teacher_batch, batch_size=spec.batch_size, num_classes=model_cfg.num_classes,
-                              target=spec.target, temperature=config.sample.temperature)
+                              target=spec.target, temperature=config.sample.temperature, captions=captions,
+                              caption_dropout=config.train.label_dropout)
   # Traced once before anything is written: a model that cannot be distilled is refused by name here.
   jax.eval_shape(lambda p: teacher(nnx.merge(graphdef, p), jax.random.key(0)), params)
   tx = optim.make_optimizer(_optimizer_settings(config), spec.num_steps)
