@@ -129,6 +129,10 @@ def test_t2i_trains_samples_prompts_and_is_judged(tmp_path):
 
   # Distillation (C.12) for a text model: a caption-conditioned denoiser that sample, judge and the API use.
   assert sample.sample_checkpoint(config, workdir)["dependent_evaluations"] == 1 + 1 + 4 + 2 * 15
+  config.sample.inversion = "jacobi"
+  jacobi = sample.sample_checkpoint(config, workdir)
+  assert len(jacobi["jacobi_iterations"]) == 2 and all(1 <= i <= 15 for i in jacobi["jacobi_iterations"])
+  config.sample.inversion = "sequential"
   results = distill.distill(config, workdir)  # 4 smoke steps
   assert results["denoiser_step"] == 4 and np.isfinite(results["held_out_mse"])
   out = sample.sample_checkpoint(config, workdir)

@@ -66,6 +66,11 @@ def test_sampling_with_jacobi_inversion_equals_sampling_token_by_token(x64, kind
                              atol=1e-10, rtol=0)
   np.testing.assert_allclose(model.sample(key, 3, inversion="jacobi", jacobi_tolerance=1e-13), sequential,
                              atol=1e-10, rtol=0)
+  # The iterations that path took, per block: N - 1 at tolerance 0, at least 1 and at most N - 1 otherwise.
+  num_tokens = model.cfg.image.num_tokens
+  exact = model.jacobi_iterations(key, 3, jacobi_tolerance=0.0)
+  assert exact.tolist() == [num_tokens - 1] * model.cfg.transporter.num_blocks
+  assert all(1 <= int(i) <= num_tokens - 1 for i in model.jacobi_iterations(key, 3, jacobi_tolerance=1e-4))
   with pytest.raises(ValueError, match="apply to sample.inversion='jacobi'"):
     model.sample(key, 3, jacobi_max_iterations=3)
   with pytest.raises(ValueError, match="unknown inversion 'newton'"):

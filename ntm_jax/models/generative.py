@@ -101,6 +101,12 @@ class GenerativeModel(nnx.Module):
   def _dependent_evaluations(self, **options) -> int:
     raise NotImplementedError
 
+  def jacobi_iterations(self, key: jax.Array, num_samples: int, condition=None, *, dtype=jnp.float32,
+                        **options) -> jax.Array:
+    """The Jacobi iterations each block of f_T took (last block first) when `sample` is called with the same
+    arguments and inversion="jacobi": what that path's dependent evaluations really were."""
+    raise ValueError(f"{self.description} has no flow to invert by Jacobi iterations")
+
   # -- trajectories ---------------------------------------------------------------------------------------
   def time_grid(self, num_steps: int | None = None, dtype=jnp.float32) -> jax.Array:
     """t_0 = 0 < ... < t_T = 1 for T = `num_steps` (default: the config's)."""

@@ -27,6 +27,13 @@ def check_distillation_target(target: str) -> None:
     raise ValueError(f"distill.target must be one of {DISTILLATION_TARGETS}, got {target!r}")
 
 
+def _refuse_jacobi_extras(options: dict) -> None:
+  """Options that change what is inverted (or skip the inversion) have no Jacobi iterations to count."""
+  extra = sorted(set(options) - {"inversion"})
+  if extra or options.get("inversion", "jacobi") != "jacobi":
+    raise ValueError(f"Jacobi iterations are counted for inversion='jacobi' alone, not with {options}")
+
+
 def _check_pairwise(cfg: ModelConfig) -> None:
   if not cfg.predictor.markov:
     raise ValueError("pairwise training (train.pairwise_num_steps) needs model.predictor.markov=True: one "
@@ -237,6 +244,15 @@ class NTM(TrajectoryModel):
       return count + 1
     count += inversion_evaluations(blocks, image.num_tokens, inversion, jacobi_max_iterations)
     return count + (1 if denoise else 0)
+
+  def jacobi_iterations(self, key, num_samples, condition=None, *, dtype=jnp.float32, num_steps=None,
+                        temperature=1.0, guidance_scale=0.0, jacobi_tolerance=JACOBI_TOLERANCE,
+                        jacobi_max_iterations=0, **options):
+    _refuse_jacobi_extras(options)
+    out = self.sample_trajectory(key, num_samples, condition, num_steps=num_steps, temperature=temperature,
+                                 guidance_scale=guidance_scale, invert=False, dtype=dtype)
+    return self.transporter.inverse_jacobi(out["u"][:, 0], jnp.zeros((num_samples,), dtype), tolerance=jacobi_tolerance,
+                                           max_iterations=jacobi_max_iterations)[1]
 
   def distillation_batch(self, key, batch_size, condition, *, target: str, temperature: float):
     """(u_0, x_0 target) of one batch of the model's own samples: the target is the exact inversion

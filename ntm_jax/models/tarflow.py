@@ -66,3 +66,12 @@ class TarFlow(GenerativeModel):
     """The inversion of the flow: its blocks one after another, each token by token (or by Jacobi)."""
     return inversion_evaluations(self.cfg.transporter.num_blocks, self.cfg.image.num_tokens, inversion,
                                  jacobi_max_iterations)
+
+  def jacobi_iterations(self, key, num_samples, condition=None, *, dtype=jnp.float32, temperature=1.0,
+                        jacobi_tolerance=JACOBI_TOLERANCE, jacobi_max_iterations=0, inversion="jacobi"):
+    if inversion != "jacobi":
+      raise ValueError(f"Jacobi iterations are counted for inversion='jacobi', not {inversion!r}")
+    image = self.cfg.image
+    z = temperature * jax.random.normal(key, (num_samples, image.num_tokens, image.token_dim), dtype)
+    return self.flow.inverse_jacobi(z, jnp.zeros((num_samples,), dtype), condition, tolerance=jacobi_tolerance,
+                                    max_iterations=jacobi_max_iterations)[1]

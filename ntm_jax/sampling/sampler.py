@@ -186,6 +186,12 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: st
     np.savez(stem + ".npz", images=uint8, model_space=model_space.astype(np.float32),
              labels=np.asarray(condition) if condition is not None and captions is None else np.zeros((0,), np.int32),
              captions=np.asarray(captions or [], dtype=str))
-  return {"png": stem + ".png", "npz": stem + ".npz", "step": step, "seconds": seconds,
-          "images_per_s": spec.num_samples / seconds, "distilled_denoiser_step": denoiser[2] if denoiser else None,
-          "dependent_evaluations": dependent_evaluations(graphdef, params, options, denoiser)}
+  result = {"png": stem + ".png", "npz": stem + ".npz", "step": step, "seconds": seconds,
+            "images_per_s": spec.num_samples / seconds, "distilled_denoiser_step": denoiser[2] if denoiser else None,
+            "dependent_evaluations": dependent_evaluations(graphdef, params, options, denoiser)}
+  if options.get("inversion") == "jacobi" and denoiser is None and not options.get("denoise"):
+    # What Jacobi took on these samples (the evaluations above count its cap): the same key, the same u_0.
+    count = jax.jit(lambda p, k, c: nnx.merge(graphdef, p).jacobi_iterations(k, spec.num_samples, c, **options))
+    with mesh_lib.use(mesh):
+      result["jacobi_iterations"] = [int(i) for i in jax.device_get(count(params, key, condition))]
+  return result
