@@ -166,7 +166,8 @@ class FlowBlock(nnx.Module):
 
     By causality token i is exact once tokens < i are, so N - 1 iterations give the exact inverse from any
     start; it stops earlier when no value moved by more than `tolerance` in the last iteration (over the
-    whole batch), or at `max_iterations` (0: N - 1). Returns (x, the number of iterations run).
+    whole batch), or at `max_iterations` (0: N - 1); a negative tolerance runs every iteration up to the cap.
+    Returns (x, the number of iterations run).
     """
     z_scan = self.to_scan_order(z_BxNxc)
     cond = self._conditioning_Bxd(t_B, labels_B)
