@@ -64,7 +64,8 @@ class Model:
     self.model_shape = (image.height, image.width, image.channels)  # what the flow models: pixels or latents
     self.image_shape = self.space.autoencoder.image_shape if self.is_latent else self.model_shape
     # (graphdef, params, step) of the run's distilled denoiser (--mode=distill), or None.
-    self.denoiser = sampling.restore_denoiser(config, workdir, model_cfg) if model_cfg.kind == "ntm" else None
+    self.denoiser = (sampling.restore_denoiser(config, workdir, model_cfg) if sampling.takes_denoiser(model_cfg)
+                     else None)
 
   def __repr__(self):
     latent = f", latents {self.model_shape}" if self.is_latent else ""

@@ -130,11 +130,16 @@ def dependent_evaluations(graphdef, params, options: dict, denoiser=None) -> int
   return nnx.merge(graphdef, params).dependent_evaluations(**options, **extra)
 
 
+def takes_denoiser(model_cfg: models.ModelConfig) -> bool:
+  """Whether the model can sample through a distilled denoiser (it lists the option)."""
+  return "denoiser" in models.model_class(model_cfg).sample_options
+
+
 def denoiser_to_use(config: ml_collections.ConfigDict, workdir: str, model_cfg: models.ModelConfig, mesh):
   """(graphdef, params replicated over `mesh`, step) of the run's distilled denoiser where the sampler should use
   it (`sample.use_denoiser` on, no score denoising, and a denoiser trained: --mode=distill); else None."""
   spec = config.sample
-  if not spec.get("use_denoiser", False) or spec.denoise or model_cfg.kind != "ntm":
+  if not spec.get("use_denoiser", False) or spec.denoise or not takes_denoiser(model_cfg):
     return None
   denoiser = restore_denoiser(config, workdir, model_cfg)
   if denoiser is None:
