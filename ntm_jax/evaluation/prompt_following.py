@@ -59,8 +59,15 @@ def judge_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: str
   denoiser = sampler.denoiser_to_use(config, workdir, model_cfg, mesh)  # replaces the inversion of f_T
   replicated = NamedSharding(mesh, PartitionSpec())
   scales = parse_scales(spec.guidance_scales, config.sample.guidance_scale)
-  results = {"step": step, "kind": model_cfg.kind, "num_prompts": len(PROMPT_SETS["by_guidance_scale"](
-                 spec.prompts_per_category)), "temperature": config.sample.temperature,
+  # Each set's prompts and their text condition, encoded once for every guidance scale.
+  prompt_sets = {}
+  for key_name, make_prompts in PROMPT_SETS.items():
+    all_prompts = [p for p in make_prompts(spec.prompts_per_category) for _ in range(spec.samples_per_prompt)]
+    prompt_sets[key_name] = (all_prompts, text_features.encode_prompts([p.caption() for p in all_prompts],
+                                                                       config.text.max_tokens))
+  results = {"step": step, "kind": model_cfg.kind,
+             "num_prompts": len(prompt_sets["by_guidance_scale"][0]) // spec.samples_per_prompt,
+             "temperature": config.sample.temperature,
              "denoise": config.sample.denoise, "samples_per_prompt": spec.samples_per_prompt,
              "num_steps_T": config.sample.num_steps or model_cfg.num_steps,
              "held_out_compositions_kept_out_of_training": captions_held_out_in_training(workdir),
@@ -73,10 +80,7 @@ def judge_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: str
     options = sampler.sample_options(config.sample, guidance_scale=scale)
     sample_fn = sampler.make_sample_fn(graphdef, batch, options, out_sharding=replicated,
                                        denoiser_graphdef=denoiser[0] if denoiser else None)
-    for key_name, make_prompts in PROMPT_SETS.items():
-      prompts = make_prompts(spec.prompts_per_category)
-      all_prompts = [p for p in prompts for _ in range(spec.samples_per_prompt)]
-      condition = text_features.encode_prompts([p.caption() for p in all_prompts], config.text.max_tokens)
+    for key_name, (all_prompts, condition) in prompt_sets.items():
       start, samples = time.perf_counter(), []
       for index, first in enumerate(range(0, len(all_prompts), batch)):
         rows = np.arange(first, first + batch) % len(all_prompts)  # the last batch wraps around

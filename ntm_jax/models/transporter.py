@@ -108,6 +108,12 @@ class FlowBlock(nnx.Module):
     h = self.network.transformer(h, layers.causal_mask(self.num_tokens), dropout_key)
     return self.network.head(h)
 
+  def _affine_from_previous(self, x_scan_BxNxc, cond_Bxd, dropout_key=None):
+    """(mu, log_sigma) of every token from the tokens before it (token 0 gets zeros: the identity)."""
+    raw = self._hidden(x_scan_BxNxc, cond_Bxd, dropout_key)
+    # Shift right: token i is transformed by the output at i - 1.
+    return affine_parameters(jnp.concatenate([jnp.zeros_like(raw[:, :1]), raw[:, :-1]], axis=1))
+
   # -- data -> noise --------------------------------------------------------------------------------
   def forward(self, x_BxNxc: jax.Array, t_B: jax.Array, labels_B=None,
               dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -116,10 +122,7 @@ class FlowBlock(nnx.Module):
     With a `dropout_key` (training) the block is a randomly thinned flow, still exactly invertible.
     """
     x_scan = self.to_scan_order(x_BxNxc)
-    raw = self._hidden(x_scan, self._conditioning_Bxd(t_B, labels_B), dropout_key)
-    # Shift right: token i is transformed by the output at i - 1; token 0 gets zeros (identity).
-    raw = jnp.concatenate([jnp.zeros_like(raw[:, :1]), raw[:, :-1]], axis=1)
-    mu, log_sigma = affine_parameters(raw)
+    mu, log_sigma = self._affine_from_previous(x_scan, self._conditioning_Bxd(t_B, labels_B), dropout_key)
     z_scan = (x_scan.astype(mu.dtype) - mu) * jnp.exp(-log_sigma)
     return self.from_scan_order(z_scan), -jnp.sum(log_sigma, axis=(1, 2))
 
@@ -174,9 +177,7 @@ class FlowBlock(nnx.Module):
     cap = min(max_iterations or self.num_tokens - 1, self.num_tokens - 1)
 
     def update(x_scan):
-      raw = self._hidden(x_scan, cond)
-      raw = jnp.concatenate([jnp.zeros_like(raw[:, :1]), raw[:, :-1]], axis=1)  # token 0 passes through
-      mu, log_sigma = affine_parameters(raw)
+      mu, log_sigma = self._affine_from_previous(x_scan, cond)
       return (z_scan.astype(mu.dtype) * jnp.exp(log_sigma) + mu).astype(x_scan.dtype)
 
     def keep_going(carry):
