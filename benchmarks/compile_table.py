@@ -48,7 +48,9 @@ def main():
             flush=True)
       common.write_json(args.out, rows)
   print(f"\n{'size':6s} {'params':>8s} {'topology':10s} {'mesh':22s} {'batch':>5s} {'GiB/chip':>9s} "
-        f"{'TFLOP/chip':>10s} {'ms@peak':>8s} {'MFU bound':>9s} {'sampler GiB':>11s}")
+        f"{'TFLOP/chip':>10s} {'model TF':>9s} {'ms@peak':>8s} {'MFU bound':>9s} {'model MFU':>9s} "
+        f"{'sampler GiB':>11s} {'sampler ms':>10s}")
+  bound = lambda value: f"{'n/a':>9s}" if value is None else f"{value:9.2f}"  # noqa: E731
   for r in rows:
     if "error" in r:
       print(f"{r['size']:6s} {'':8s} {r['topology']:10s} does not fit: {r['error'][:80]}")
@@ -57,8 +59,11 @@ def main():
     mesh = "x".join(f"{k}{v}" for k, v in r["mesh"].items() if v > 1) or "1"
     print(f"{r['size']:6s} {r['parameters'] / 1e6:7.0f}M {r['topology']:10s} {mesh:22s} {r['batch_size']:5d} "
           f"{train_step['per_chip_gib']:9.2f} {train_step['tflops_per_chip']:10.2f} "
-          f"{train_step['step_ms_at_peak']:8.1f} {train_step['mfu_bound']:9.2f} {sampler['per_chip_gib']:11.2f}")
-
+          f"{train_step['model_tflops_per_chip']:9.2f} {train_step['step_ms_at_peak']:8.1f} "
+          f"{bound(train_step['mfu_bound'])} {bound(train_step['model_mfu_bound'])} {sampler['per_chip_gib']:11.2f} "
+          f"{sampler['model_step_ms_at_peak']:10.1f}")
+  print("TFLOP/chip, ms@peak, MFU bound: XLA's counts; model TF, model MFU: the architecture's FLOPs (no masked "
+        "attention, no remat); sampler ms: its model FLOPs at peak, every loop iteration")
 
 if __name__ == "__main__":
   main()

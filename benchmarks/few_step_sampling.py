@@ -101,7 +101,8 @@ def time_paths(name: str, group: dict, batches, repeats: int) -> dict:
   config = group["config"]
   for path, (graphdef, params, options, denoiser, _) in paths_of(group).items():
     model_cfg = group["tarflow" if path == "tarflow" else "ntm"][2]
-    row = {"dependent_evaluations": sampler.dependent_evaluations(graphdef, params, options, denoiser)}
+    row = {"dependent_evaluations": sampler.dependent_evaluations(graphdef, params, options, denoiser),
+           "model_gflops_per_image": sampler.model_gflops_per_image(graphdef, params, options, denoiser)}
     for batch in batches:
       condition = conditions(config, model_cfg, batch)
       fn = sampler.make_sample_fn(graphdef, batch, options, denoiser_graphdef=denoiser[0] if denoiser else None)
@@ -117,6 +118,8 @@ def time_paths(name: str, group: dict, batches, repeats: int) -> dict:
       # The cap counts N - 1 a block; what this batch took:
       row["dependent_evaluations_taken"] = row["dependent_evaluations"] - int(
           model_cfg.transporter.num_blocks * (model_cfg.image.num_tokens - 1) - sum(iterations))
+      row["model_gflops_per_image_taken"] = sampler.model_gflops_per_image(graphdef, params, options,
+                                                                           jacobi_iterations=sum(iterations))
     rows[f"{name}/{path}"] = row
     print(f"  {name}/{path}: {row}", flush=True)
   return rows
@@ -209,7 +212,8 @@ def main():
     print(f"{tokens} tokens (untrained, Jacobi at its cap):", flush=True)
     results["rows"] |= time_paths(f"tokens{tokens}", group, batches, args.repeats)
 
-  header = f"{'path':24s} {'dep. evals':>10s} " + " ".join(f"{'img/s@' + str(b):>10s}" for b in batches)
+  header = (f"{'path':24s} {'dep. evals':>10s} {'MFLOP/img':>10s} "
+            + " ".join(f"{'img/s@' + str(b):>10s}" for b in batches))
   print("\n" + header + f" {'x tarflow@1':>11s} {'quality':>28s}")
   for name, row in results["rows"].items():
     group = name.split("/")[0]
@@ -219,10 +223,11 @@ def main():
                else f"FD {q['frechet_distance']:.2f}" if "frechet_distance" in q
                else f"judge {q['seen_overall']:.3f} / {q['held_out_overall']:.3f}" if q else "-")
     evals = str(row.get("dependent_evaluations_taken", row["dependent_evaluations"]))
-    print(f"{name:24s} {evals:>10s} " + " ".join(f"{row[f'batch{b}_images_per_s']:>10.1f}" for b in batches)
+    mflops = 1e3 * row.get("model_gflops_per_image_taken", row["model_gflops_per_image"])
+    print(f"{name:24s} {evals:>10s} {mflops:>10.1f} " + " ".join(f"{row[f'batch{b}_images_per_s']:>10.1f}" for b in batches)
           + f" {row[f'batch{batches[0]}_images_per_s'] / base:>11.2f} {quality:>28s}")
-  print("dep. evals: dependent network evaluations per image (for Jacobi: what this batch took); judge: seen / "
-        "held-out prompts")
+  print("dep. evals, MFLOP/img: dependent network evaluations and model FLOPs per image (for Jacobi: what this "
+        "batch took); judge: seen / held-out prompts")
   common.write_json(args.out, results)
 
 

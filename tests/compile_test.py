@@ -30,6 +30,9 @@ def test_compiles_train_step_and_sampler_for_this_machines_devices():
   for program in (train_step, sampler):
     assert 0 < program["per_chip_gib"] < program["hbm_gib"] and program["tflops_per_chip"] > 0
     assert program["compile_s"] > 0
+  # XLA counts the inversion's loop body once: no roofline bound from its counts, the model FLOPs' time instead.
+  assert sampler["mfu_bound"] is None and sampler["model_step_ms_at_peak"] > 0
+  assert 0 < train_step["model_mfu_bound"] <= train_step["mfu_bound"]
   assert "train step" in compile_lib.format_report(report)
 
 
@@ -40,7 +43,9 @@ def test_compiles_train_step_and_sampler_for_a_tpu_topology():
   train_step, sampler = report["programs"]
   for program in (train_step, sampler):
     assert 0 < program["per_chip_gib"] < program["hbm_gib"] == 16
-    assert program["tflops_per_chip"] > 0 and 0 < program["mfu_bound"] <= 1
+    assert program["tflops_per_chip"] > 0 and program["model_tflops_per_chip"] > 0
+  assert 0 < train_step["model_mfu_bound"] <= train_step["mfu_bound"] <= 1  # smoke: unrolled layers
+  assert sampler["mfu_bound"] is None and sampler["model_mfu_bound"] is None  # its inversion is a loop
   assert "train step" in compile_lib.format_report(report)
 
 

@@ -128,10 +128,14 @@ def test_t2i_trains_samples_prompts_and_is_judged(tmp_path):
   config.sample.labels = ""
 
   # Distillation (C.12) for a text model: a caption-conditioned denoiser that sample, judge and the API use.
-  assert sample.sample_checkpoint(config, workdir)["dependent_evaluations"] == 1 + 1 + 4 + 2 * 15
+  sequential = sample.sample_checkpoint(config, workdir)
+  assert sequential["dependent_evaluations"] == 1 + 1 + 4 + 2 * 15
   config.sample.inversion = "jacobi"
   jacobi = sample.sample_checkpoint(config, workdir)
   assert len(jacobi["jacobi_iterations"]) == 2 and all(1 <= i <= 15 for i in jacobi["jacobi_iterations"])
+  # Model FLOPs: Jacobi's cap (2 x 15 full passes) costs more than the token-by-token inverse, what it took less.
+  assert jacobi["model_gflops_per_image_taken"] < jacobi["model_gflops_per_image"]
+  assert sequential["model_gflops_per_image"] < jacobi["model_gflops_per_image"]
   config.sample.inversion = "sequential"
   results = distill.distill(config, workdir)  # 4 smoke steps
   assert results["denoiser_step"] == 4 and np.isfinite(results["held_out_mse"])

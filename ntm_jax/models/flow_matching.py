@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax.models import conditioning, trajectory
+from ntm_jax.models import conditioning, flops, trajectory
 from ntm_jax.models.config import ModelConfig
 from ntm_jax.models.generative import TrajectoryModel
 from ntm_jax.models.predictor import TrajectoryPredictor, posterior_head
@@ -82,6 +82,13 @@ class FlowMatching(TrajectoryModel):
   def _dependent_evaluations(self, *, num_steps=None, **_) -> int:
     """One velocity (or posterior) evaluation per step."""
     return num_steps or self.cfg.num_steps
+
+  def _forward_flops(self) -> float:
+    """One velocity evaluation: the predictor's backbone over one level and the prefix."""
+    return flops.predictor_pass(self.cfg.predictor, self.cfg.image.num_tokens, self.cfg.image.token_dim, 1)
+
+  def _sample_flops(self, *, num_steps=None, **_) -> float:
+    return (num_steps or self.cfg.num_steps) * self._forward_flops()
 
   def _sample(self, key: jax.Array, batch_size: int, labels_B=None, *, num_steps: int | None = None,
               sampler: str = "euler", temperature: float = 1.0, dtype=jnp.float32) -> jax.Array:

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax.models import patches, trajectory
+from ntm_jax.models import flops, patches, trajectory
 from ntm_jax.models.config import ModelConfig
 
 # How an error names each sampling option a model may lack.
@@ -99,6 +99,23 @@ class GenerativeModel(nnx.Module):
     return self._dependent_evaluations(**options)
 
   def _dependent_evaluations(self, **options) -> int:
+    raise NotImplementedError
+
+  # -- model FLOPs (ntm_jax.models.flops: the architecture's work, not XLA's count) ---------------------
+  def train_flops(self) -> float:
+    """Model FLOPs of one training example, forward and backward (no remat recompute, no masked attention)."""
+    return flops.forward_backward(self._forward_flops())
+
+  def sample_flops(self, *, jacobi_iterations: int | None = None, **options) -> float:
+    """Model FLOPs of one sample with these options, every loop iteration counted; Jacobi inversion at its cap
+    unless `jacobi_iterations` (all blocks together) says what a run took."""
+    _refuse_unknown(options, self.sample_options + ("denoiser",), self.description)
+    return self._sample_flops(jacobi_iterations=jacobi_iterations, **options)
+
+  def _forward_flops(self) -> float:
+    raise NotImplementedError
+
+  def _sample_flops(self, **options) -> float:
     raise NotImplementedError
 
   def jacobi_iterations(self, key: jax.Array, num_samples: int, condition=None, *, dtype=jnp.float32,

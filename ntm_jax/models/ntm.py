@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax.models import conditioning, denoising, guidance, layers, trajectory
+from ntm_jax.models import conditioning, denoising, flops, guidance, layers, trajectory
 from ntm_jax.models.config import ModelConfig
 from ntm_jax.models.generative import TrajectoryModel
 from ntm_jax.models.predictor import TrajectoryPredictor
@@ -244,6 +244,28 @@ class NTM(TrajectoryModel):
       return count + 1
     count += inversion_evaluations(blocks, image.num_tokens, inversion, jacobi_max_iterations)
     return count + (1 if denoise else 0)
+
+  def _forward_flops(self) -> float:
+    """f_T over the T + 1 levels and the predictor over T levels and the prefix (the full-trajectory loss)."""
+    cfg, image = self.cfg, self.cfg.image
+    transport = (cfg.num_steps + 1) * flops.flow_forward(cfg.transporter, image.num_tokens, image.token_dim)
+    return transport + flops.predictor_pass(cfg.predictor, image.num_tokens, image.token_dim, cfg.num_steps)
+
+  def _sample_flops(self, *, num_steps=None, guidance_scale=0.0, denoise=False, denoiser=None,
+                    inversion="sequential", jacobi_iterations=None, **_) -> float:
+    """f_T(x_1), the caption prefill and T predictor levels (both branches under guidance), then the inversion
+    of f_T, or the denoiser; score denoising inverts u_0 and every level and adds one predictor pass."""
+    cfg, image = self.cfg, self.cfg.image
+    num_steps = num_steps or cfg.num_steps
+    tokens, token_dim = image.num_tokens, image.token_dim
+    predictor = flops.predictor_pass(cfg.predictor, tokens, token_dim, num_steps)
+    total = flops.flow_forward(cfg.transporter, tokens, token_dim) + (2 if guidance_scale else 1) * predictor
+    if denoiser is not None:
+      return total + flops.denoiser_pass(denoiser.cfg, tokens, token_dim)
+    inverse = flops.flow_inverse(cfg.transporter, tokens, token_dim, inversion, jacobi_iterations)
+    if denoise:
+      return total + (num_steps + 2) * inverse + predictor
+    return total + inverse
 
   def jacobi_iterations(self, key, num_samples, condition=None, *, dtype=jnp.float32, num_steps=None,
                         temperature=1.0, guidance_scale=0.0, jacobi_tolerance=JACOBI_TOLERANCE,

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax.models import patches, trajectory
+from ntm_jax.models import flops, patches, trajectory
 from ntm_jax.models.config import ModelConfig
 from ntm_jax.models.generative import GenerativeModel
 from ntm_jax.models.transporter import JACOBI_TOLERANCE, Transporter, inversion_evaluations, inversion_options
@@ -66,6 +66,13 @@ class TarFlow(GenerativeModel):
     """The inversion of the flow: its blocks one after another, each token by token (or by Jacobi)."""
     return inversion_evaluations(self.cfg.transporter.num_blocks, self.cfg.image.num_tokens, inversion,
                                  jacobi_max_iterations)
+
+  def _forward_flops(self) -> float:
+    return flops.flow_forward(self.cfg.transporter, self.cfg.image.num_tokens, self.cfg.image.token_dim)
+
+  def _sample_flops(self, *, inversion="sequential", jacobi_iterations=None, **_) -> float:
+    return flops.flow_inverse(self.cfg.transporter, self.cfg.image.num_tokens, self.cfg.image.token_dim,
+                              inversion, jacobi_iterations)
 
   def jacobi_iterations(self, key, num_samples, condition=None, *, dtype=jnp.float32, temperature=1.0,
                         jacobi_tolerance=JACOBI_TOLERANCE, jacobi_max_iterations=0, inversion="jacobi"):

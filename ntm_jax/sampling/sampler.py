@@ -130,6 +130,13 @@ def dependent_evaluations(graphdef, params, options: dict, denoiser=None) -> int
   return nnx.merge(graphdef, params).dependent_evaluations(**options, **extra)
 
 
+def model_gflops_per_image(graphdef, params, options: dict, denoiser=None, jacobi_iterations=None) -> float:
+  """The sampling path's model FLOPs per image in GFLOP, every loop iteration counted
+  (GenerativeModel.sample_flops; Jacobi at its cap unless `jacobi_iterations`, all blocks together)."""
+  extra = {"denoiser": nnx.merge(*denoiser[:2])} if denoiser else {}
+  return nnx.merge(graphdef, params).sample_flops(**options, **extra, jacobi_iterations=jacobi_iterations) / 1e9
+
+
 def takes_denoiser(model_cfg: models.ModelConfig) -> bool:
   """Whether the model can sample through a distilled denoiser (it lists the option)."""
   return "denoiser" in models.model_class(model_cfg).sample_options
@@ -193,10 +200,13 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: st
              captions=np.asarray(captions or [], dtype=str))
   result = {"png": stem + ".png", "npz": stem + ".npz", "step": step, "seconds": seconds,
             "images_per_s": spec.num_samples / seconds, "distilled_denoiser_step": denoiser[2] if denoiser else None,
-            "dependent_evaluations": dependent_evaluations(graphdef, params, options, denoiser)}
+            "dependent_evaluations": dependent_evaluations(graphdef, params, options, denoiser),
+            "model_gflops_per_image": model_gflops_per_image(graphdef, params, options, denoiser)}
   if options.get("inversion") == "jacobi" and denoiser is None and not options.get("denoise"):
     # What Jacobi took on these samples (the evaluations above count its cap): the same key, the same u_0.
     count = jax.jit(lambda p, k, c: nnx.merge(graphdef, p).jacobi_iterations(k, spec.num_samples, c, **options))
     with mesh_lib.use(mesh):
       result["jacobi_iterations"] = [int(i) for i in jax.device_get(count(params, key, condition))]
+    result["model_gflops_per_image_taken"] = model_gflops_per_image(graphdef, params, options,
+                                                                    jacobi_iterations=sum(result["jacobi_iterations"]))
   return result

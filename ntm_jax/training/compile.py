@@ -10,9 +10,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from ntm_jax import latents
+from ntm_jax import latents, models
 from ntm_jax.parallel import compile as compile_lib
 from ntm_jax.parallel import mesh as mesh_lib
 from ntm_jax.sampling import sampler
@@ -52,9 +53,14 @@ def compile_for_topology(config: ml_collections.ConfigDict) -> dict:
   structs = _condition_structs(config, condition_kind, num_samples, replicated)
   condition = {"none": None, "label": structs.get("label"), "text": structs}[condition_kind]
   sample_fn = sampler.make_sample_fn(setup.graphdef, num_samples, out_sharding=replicated)
+  # Model FLOPs from the architecture (the model's methods read its config only: no parameter is allocated).
+  model = nnx.merge(*models.abstract_model(setup.model_cfg))
+  chips = len(devices)
   programs = [
-      ("train step", lambda: setup.step_fn.lower(setup.abstract_state, batch, key, *setup.step_arguments)),
-      (f"sampler ({num_samples} images)", lambda: sample_fn.lower(setup.abstract_state["ema"], key, condition)),
+      ("train step", lambda: setup.step_fn.lower(setup.abstract_state, batch, key, *setup.step_arguments),
+       batch_size * model.train_flops() / chips, not setup.model_cfg.scan_layers),
+      (f"sampler ({num_samples} images)", lambda: sample_fn.lower(setup.abstract_state["ema"], key, condition),
+       num_samples * model.sample_flops() / chips, False),  # the inversion is a loop
   ]
   with mesh_lib.use(mesh):
     rows = compile_lib.compile_programs(programs, spec.topology, mesh)
