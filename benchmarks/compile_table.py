@@ -3,6 +3,7 @@
   pip install -c constraints.txt -e ".[tpu]"   # libtpu: compiles for TPUs on this CPU machine
   python benchmarks/compile_table.py [--sizes base,large,xl] [--topologies v5p:4x4x4,v6e:8x8]
   python benchmarks/compile_table.py --smoke   # the t2i smoke model on this machine's CPU devices (CI)
+  python benchmarks/compile_table.py --model_flops_only   # each preset's model FLOPs only, in seconds
 
 Each row is exactly what `python -m ntm_jax.main --config=configs/t2i.py:size=S --workdir=DIR --mode=compile
 --config.compile.topology=TOPOLOGY` prints. Writes benchmarks/results/compile_tpu.json.
@@ -11,12 +12,16 @@ Each row is exactly what `python -m ntm_jax.main --config=configs/t2i.py:size=S 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from flax import nnx  # noqa: E402
+
 from benchmarks import common  # noqa: E402
+from ntm_jax import models  # noqa: E402
 from ntm_jax.parallel import compile as compile_lib  # noqa: E402
 from ntm_jax.training.compile import compile_for_topology  # noqa: E402
 
@@ -29,9 +34,13 @@ def main():
   parser.add_argument("--num_slices", type=int, default=1, help="multi-slice: the data axis spans the slices")
   parser.add_argument("--out", default="benchmarks/results/compile_tpu.json")
   parser.add_argument("--smoke", action="store_true", help="the tiny t2i model on topology 'cpu' (what CI runs)")
+  parser.add_argument("--model_flops_only", action="store_true",
+                      help="only the model FLOPs of each preset (ntm_jax.models.flops): no compile, no libtpu")
   args = parser.parse_args()
   if args.smoke:
     args.sizes, args.topologies, args.config_arg = "cpu", "cpu", ",".join(filter(None, ["smoke", args.config_arg]))
+  if args.model_flops_only:
+    return model_flops_table(args)
   rows = []
   for size in args.sizes.split(","):
     for topology in args.topologies.split(","):
@@ -64,6 +73,33 @@ def main():
           f"{sampler['model_step_ms_at_peak']:10.1f}")
   print("TFLOP/chip, ms@peak, MFU bound: XLA's counts; model TF, model MFU: the architecture's FLOPs (no masked "
         "attention, no remat); sampler ms: its model FLOPs at peak, every loop iteration")
+
+def model_flops_table(args):
+  """Per chip: the train step's and the sampler's model FLOPs and their time at the chip's peak."""
+  rows = []
+  print(f"{'size':6s} {'params':>8s} {'topology':10s} {'chips':>5s} {'batch':>5s} {'train TFLOP':>11s} "
+        f"{'train ms':>8s} {'samples':>7s} {'sampler TFLOP':>13s} {'sampler ms':>10s}")
+  for size in args.sizes.split(","):
+    for topology in args.topologies.split(","):
+      config = common.load_config("t2i", ",".join(filter(None, [f"size={size}", args.config_arg])))
+      model_cfg = models.model_config_from_dict(config.model)
+      model = nnx.merge(*models.abstract_model(model_cfg))  # the counts read the config: nothing allocated
+      chip = compile_lib.chip_of(topology)
+      chips = math.prod(int(d) for d in topology.split(":")[1].split("x")) if ":" in topology else 1
+      batch = config.data.batch_size
+      samples = config.compile.sample_batch_size or batch
+      row = {"size": size, "topology": topology, "chips": chips, "parameters": models.count_parameters(model_cfg),
+             "batch_size": batch, "num_samples": samples,
+             "train_model_tflops_per_chip": batch * model.train_flops() / chips / 1e12,
+             "sampler_model_tflops_per_chip": samples * model.sample_flops() / chips / 1e12}
+      row["train_model_ms_at_peak"] = 1e3 * row["train_model_tflops_per_chip"] * 1e12 / chip.peak_flops
+      row["sampler_model_ms_at_peak"] = 1e3 * row["sampler_model_tflops_per_chip"] * 1e12 / chip.peak_flops
+      rows.append(row)
+      print(f"{size:6s} {row['parameters'] / 1e6:7.0f}M {topology:10s} {chips:5d} {batch:5d} "
+            f"{row['train_model_tflops_per_chip']:11.2f} {row['train_model_ms_at_peak']:8.1f} {samples:7d} "
+            f"{row['sampler_model_tflops_per_chip']:13.2f} {row['sampler_model_ms_at_peak']:10.1f}", flush=True)
+  common.write_json(args.out, rows)
+
 
 if __name__ == "__main__":
   main()

@@ -33,7 +33,7 @@ from ntm_jax.models.config import ModelConfig
 from ntm_jax.parallel import checkpoint
 from ntm_jax.parallel import mesh as mesh_lib
 from ntm_jax.sampling import images, sampler
-from ntm_jax.training import finetune, metric_writer
+from ntm_jax.training import finetune, metric_writer, preemption
 from ntm_jax.training import optimizer as optim
 from ntm_jax.training import state as state_lib
 from ntm_jax.training.progress import Progress
@@ -268,9 +268,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   last_saved = restored_step
   results = {}
   progress = Progress(num_steps)
+  preempted_at = None
   try:
     # Under the mesh and its rules, the models' activation constraints take effect.
-    with mesh_lib.use(mesh):
+    with mesh_lib.use(mesh), preemption.PreemptionWatch() as preemption_watch:
       if start_step == 0:
         results = run_eval(0)
       for step in range(start_step + 1, num_steps + 1):
@@ -291,14 +292,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           aligned = (f" (nll {metrics['nll_per_dim']:.4f}, mean alignment {metrics['mean_alignment']:.5f} x "
                      f"{metrics['alignment_weight']:.3f})" if "mean_alignment" in metrics else "")
           print(f"step {step}/{num_steps} loss {loss:.4f}{aligned} | {Progress.line(rates)}", flush=True)
-        if step % config.train.checkpoint_every == 0 or step == num_steps:
+        # SIGTERM (a preemptible VM about to go): every process saves this step and stops.
+        preempted = step < num_steps and preemption_watch.reached(step)
+        if preempted or step % config.train.checkpoint_every == 0 or step == num_steps:
           checkpointer.save(step, state, train_iter, force=True)
           last_saved = step
+        if preempted:
+          preempted_at = step
+          break
         if step % config.train.eval_every == 0 or step == num_steps:
           results = run_eval(step)
   finally:
-    checkpointer.wait_until_finished()
+    checkpointer.wait_until_finished()  # the preemption checkpoint is on disk before the process goes
     writer.flush()
+  if preempted_at is not None:
+    raise preemption.Preempted(preempted_at, checkpointer.directory)
   if is_main and results:
     with open(os.path.join(workdir, "eval_results.json"), "w") as f:
       json.dump({"step": num_steps, "split": config.eval.split, **results}, f, indent=2)
