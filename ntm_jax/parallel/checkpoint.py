@@ -76,6 +76,20 @@ def _refuse_legacy_layout(step_directory: str) -> None:
     raise IncompatibleCheckpointError(_LEGACY_MESSAGE.format(where=step_directory))
 
 
+def placed(abstract_tree):
+  """`abstract_tree` with every leaf that has no sharding placed on this process's first device. Orbax would
+  otherwise restore such a leaf with the sharding it was saved with, which names the devices of the run that
+  saved it and fails on any other topology (an autoencoder trained on one host, encoding on many)."""
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def place(leaf):
+    if isinstance(leaf, jax.ShapeDtypeStruct) and leaf.sharding is None:
+      return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device)
+    return leaf
+
+  return jax.tree.map(place, abstract_tree)
+
+
 def _by_item(state: dict) -> dict:
   """{"params": {"params": ...}, "optimizer": {"step": ..., "opt_state": ...}, ...} of a state dict."""
   unknown = sorted(set(state) - set(ITEM_OF))
@@ -128,7 +142,7 @@ class Checkpointer:
         for name, abstract in abstract_items.items():
           if metadata.get(name) is not None:
             check_compatible(metadata[name], abstract, os.path.join(self.directory, str(step), name))
-      items = {name: ocp.args.StandardRestore(abstract) for name, abstract in abstract_items.items()}
+      items = {name: ocp.args.StandardRestore(placed(abstract)) for name, abstract in abstract_items.items()}
       if data_iterator is not None:
         items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
       try:
@@ -196,7 +210,8 @@ class BestCheckpoint:
       return None, None
     check_compatible(self._manager.item_metadata(step)["params"], abstract_params,
                      os.path.join(self.directory, str(step)))
-    restored = self._manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(placed(abstract_params))))
     return restored["params"], step
 
 
