@@ -57,16 +57,15 @@ def main(argv):
   tf.config.set_visible_devices([], "GPU")
 
   from ntm_jax import modes
-  from ntm_jax.training import preemption
   logging.info("ntm_jax %s: workdir %s, process %d of %d, %d devices", _MODE.value, _WORKDIR.value,
                jax.process_index(), jax.process_count(), jax.device_count())
   try:
     modes.run(_MODE.value, _CONFIG.value, os.path.abspath(_WORKDIR.value), _EVAL_SPLIT.value, _EVAL_CHECKPOINT.value)
   except modes.EXPECTED_ERRORS as error:
     sys.exit(f"error: {error}")  # a message, not a traceback; nothing saved has been touched
-  except preemption.Preempted as stopped:
+  except modes.Preempted as stopped:
     print(stopped, flush=True)
-    sys.exit(preemption.EXIT_STATUS)
+    sys.exit(modes.PREEMPTED_EXIT_STATUS)
 
 
 def parse_flags(argv):

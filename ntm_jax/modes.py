@@ -10,12 +10,14 @@ from ntm_jax.latents import encode
 from ntm_jax.parallel import checkpoint
 from ntm_jax.parallel import compile as compile_lib
 from ntm_jax.sampling import sampler
-from ntm_jax.training import autoencoder, distill, train
+from ntm_jax.training import autoencoder, distill, preemption, train
 from ntm_jax.training import compile as training_compile
 
 # Failures a user can meet and fix: printed as one line, without a traceback.
 EXPECTED_ERRORS = (FileNotFoundError, checkpoint.IncompatibleCheckpointError, train.NonFiniteLossError,
                    compile_lib.CompiledMemoryError, compile_lib.MissingLibtpuError)
+# A run stopped by SIGTERM after saving its step (ntm_jax.training.preemption): a message and status 143.
+Preempted, PREEMPTED_EXIT_STATUS = preemption.Preempted, preemption.EXIT_STATUS
 
 
 def _train(config, workdir, split, which):

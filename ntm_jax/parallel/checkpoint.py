@@ -21,7 +21,9 @@ import time
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
@@ -76,10 +78,8 @@ def _refuse_legacy_layout(step_directory: str) -> None:
     raise IncompatibleCheckpointError(_LEGACY_MESSAGE.format(where=step_directory))
 
 
-def placed(abstract_tree):
-  """`abstract_tree` with every leaf that has no sharding placed on this process's first device. Orbax would
-  otherwise restore such a leaf with the sharding it was saved with, which names the devices of the run that
-  saved it and fails on any other topology (an autoencoder trained on one host, encoding on many)."""
+def _placed(abstract_tree):
+  """`abstract_tree` with every leaf that has no sharding placed on this process's first device."""
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
   def place(leaf):
@@ -88,6 +88,24 @@ def placed(abstract_tree):
     return leaf
 
   return jax.tree.map(place, abstract_tree)
+
+
+def restore_anywhere(restore, abstract_tree):
+  """restore(abstract) -> restored, for a checkpoint saved on any topology.
+
+  Orbax restores a leaf that has no sharding in `abstract_tree` with the sharding it was saved with, which
+  names the devices of the run that saved it and fails on any other topology (an autoencoder trained on one
+  host, encoding on many). Then the leaves are read onto this process's device and handed back uncommitted,
+  so that any later computation may place them on its own devices.
+  """
+  try:
+    return restore(abstract_tree)
+  except ValueError as error:
+    if "topology" not in str(error).lower():
+      raise
+  restored = restore(_placed(abstract_tree))
+  return jax.tree.map(lambda leaf: jnp.asarray(np.asarray(leaf)) if isinstance(leaf, jax.Array) else leaf,
+                      restored)
 
 
 def _by_item(state: dict) -> dict:
@@ -142,11 +160,14 @@ class Checkpointer:
         for name, abstract in abstract_items.items():
           if metadata.get(name) is not None:
             check_compatible(metadata[name], abstract, os.path.join(self.directory, str(step), name))
-      items = {name: ocp.args.StandardRestore(placed(abstract)) for name, abstract in abstract_items.items()}
-      if data_iterator is not None:
-        items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+      def restore(abstract_items, step=step):
+        items = {name: ocp.args.StandardRestore(abstract) for name, abstract in abstract_items.items()}
+        if data_iterator is not None:
+          items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        return self._manager.restore(step, args=ocp.args.Composite(**items))
+
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
+        restored = restore_anywhere(restore, abstract_items)
       except Exception as error:  # Orbax/tensorstore raise many types for damaged files
         self._set_aside(step, error)
         continue
@@ -210,8 +231,8 @@ class BestCheckpoint:
       return None, None
     check_compatible(self._manager.item_metadata(step)["params"], abstract_params,
                      os.path.join(self.directory, str(step)))
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(placed(abstract_params))))
+    restored = restore_anywhere(lambda abstract: self._manager.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))), abstract_params)
     return restored["params"], step
 
 
