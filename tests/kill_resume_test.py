@@ -48,10 +48,16 @@ def test_sigkill_between_checkpoints_then_same_command_resumes_exactly(tmp_path)
   saved = sorted(int(s) for s in os.listdir(killed / "checkpoints") if s.isdigit())
   assert saved and max(saved) < 300, saved
 
-  rerun = subprocess.run(command(killed), cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-  assert f"resumed from checkpoint step {max(saved)}" in rerun.stdout
+  assert_resumes_exactly(straight, killed, max(saved), env)
+
+
+def assert_resumes_exactly(straight, interrupted, saved_step: int, env):
+  """The same command, run again in `interrupted`, resumes from `saved_step` and ends with the parameters
+  of the uninterrupted run in `straight`, bit for bit."""
+  rerun = subprocess.run(command(interrupted), cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+  assert f"resumed from checkpoint step {saved_step}" in rerun.stdout
   a, step_a = final_params(str(straight))
-  b, step_b = final_params(str(killed))
+  b, step_b = final_params(str(interrupted))
   assert step_a == step_b == 300
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -8,13 +8,10 @@ import signal
 import subprocess
 import time
 
-import jax
-import numpy as np
 import pytest
 
 from ntm_jax.training import preemption
-from tests.kill_resume_test import ROOT, command, environment
-from tests.train_test import final_params
+from tests.kill_resume_test import ROOT, assert_resumes_exactly, command, environment
 
 
 def test_the_watch_catches_sigterm_and_puts_the_old_handler_back():
@@ -55,10 +52,4 @@ def test_sigterm_saves_the_step_it_arrived_at_and_the_same_command_resumes_exact
   assert sorted(int(s) for s in os.listdir(stopped / "checkpoints") if s.isdigit())[-1] == saved_step
   assert "Traceback" not in output
 
-  rerun = subprocess.run(command(stopped), cwd=ROOT, env=env, check=True, capture_output=True, text=True)
-  assert f"resumed from checkpoint step {saved_step}" in rerun.stdout
-  a, step_a = final_params(str(straight))
-  b, step_b = final_params(str(stopped))
-  assert step_a == step_b == 300
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert_resumes_exactly(straight, stopped, saved_step, env)
