@@ -7,7 +7,8 @@ COMMANDS:
 Arguments (after a colon, comma-separated): size=cpu|base|large|xl|3b, res=N (image side, default 32 for
 cpu and 256 otherwise; patches of res/16 give 256 tokens), data=NAME (default shapes; `data=mnist5k` trains
 on the captioned digits, 28x28x1), channels=N (default 3), remat=none|save_matmuls|full (default: full for
-xl and 3b, save_matmuls for base and large, none on the CPU), scan=true|false (layers under jax.lax.scan;
+xl and 3b, save_matmuls for base and large, none on the CPU), attention=auto|xla|splash|cudnn (default auto:
+splash on TPU, cuDNN on GPU, XLA on the CPU; ntm_jax.models.attention), scan=true|false (layers under jax.lax.scan;
 default: on the TPU presets), latent=DIR (train on the latents of the autoencoder trained in DIR by
 configs/autoencoder.py) or latent=sd_vae:PATH (a diffusers-format SD / DiT VAE a user brings: the
 safetensors file or its directory; 256 px -> 32x32x4 latents on the pod presets); latent_downsample=N
@@ -55,7 +56,7 @@ PRESETS = {
 
 def get_config(arg=None):
   args = parse_model_arg(arg, size="cpu", res=0, remat="", scan="", data="shapes", channels=3, latent="",
-                         latent_downsample=0, latent_channels=4)
+                         latent_downsample=0, latent_channels=4, attention="auto")
   if args["size"] not in PRESETS:
     raise ValueError(f"unknown size {args['size']!r}; choose one of {sorted(PRESETS)}")
   preset = PRESETS[args["size"]]
@@ -107,12 +108,13 @@ def get_config(arg=None):
       image=dict(height=res, width=res, channels=channels, patch_size=patch_size),
       grid=dict(num_steps=4, shift=1.0),
       transporter=dict(num_blocks=preset["blocks"], layers_per_block=preset["layers_per_block"], width=width,
-                       head_dim=head_dim, mlp_ratio=4, dropout=0.0, remat=remat),
+                       head_dim=head_dim, mlp_ratio=4, dropout=0.0, remat=remat, attention=args["attention"]),
       # x0_skip_data_std: h = c_skip(t) u_t + network (EDM); measured on shapes: without it the last step into
       # t = 0 (where mu = h) predicted the black background even from real x_0.25 (README, "Text-to-image").
       predictor=dict(depth=preset["depth"], width=width, head_dim=head_dim, mlp_ratio=4, markov=False, sigma_floor=0.02,
                      x0_skip_data_std=1.0 if latent else 0.5,  # unit-scale latents; pixels in [-1, 1]
-                     dropout=0.0, text_dim=text_dim, text_tokens=text_tokens, remat=remat),
+                     dropout=0.0, text_dim=text_dim, text_tokens=text_tokens, remat=remat,
+                     attention=args["attention"]),
       # bf16 matmuls on TPUs (log-dets, mu, sigma and z stay float32, D3); float32 on the CPU (README).
       dtype="bfloat16" if on_tpu else "float32",
       param_dtype="float32",
@@ -120,7 +122,8 @@ def get_config(arg=None):
   )
   config.model = model
   config.mesh = dict(preset["mesh"], dcn_data=1, dcn_fsdp=1)
-  config.compile = dict(topology="v5p:4x4x4" if on_tpu else "v5e:2x2", num_slices=1, sample_batch_size=0)
+  config.compile = dict(topology="v5p:4x4x4" if on_tpu else "v5e:2x2", num_slices=1, sample_batch_size=0,
+                        sampler=True)
 
   config.opt = dict(learning_rate=1e-4 if on_tpu else 2e-3, warmup_steps=1000 if on_tpu else 100,
                     end_learning_rate_factor=0.01, b1=0.9, b2=0.95, weight_decay=1e-4, clip_norm=1.0,
@@ -139,6 +142,7 @@ def get_config(arg=None):
   # The GenEval-style shapes evaluation (--mode=judge): prompts per category, samples per prompt.
   config.judge = dict(prompts_per_category=20, samples_per_prompt=4, batch_size=120, guidance_scales="")
   config.distill = dict(depth=4 if on_tpu else 2, width=width, head_dim=head_dim, mlp_ratio=4,
+                        attention=args["attention"],
                         num_steps=20_000 if on_tpu else 1000, batch_size=batch_size,
                         learning_rate=1e-4 if on_tpu else 1e-3,  # 1e-3: what digits' 1,000-step CPU runs use
                         target="inverse", log_every=100, checkpoint_every=1000,

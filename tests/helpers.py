@@ -15,7 +15,7 @@ from ntm_jax.models import build_model
 def tiny_config(*, height=2, width=4, channels=1, patch_size=1, num_steps=2, num_blocks=2,
                 layers_per_block=2, depth=2, markov=False, sigma_floor=0.3, num_classes=0, prediction="x0",
                 kind="ntm", dropout=0.0, remat="none", scan_layers=True, text_dim=0, text_tokens=0,
-                x0_skip_data_std=0.0, dtype=jnp.float64) -> model_config.ModelConfig:
+                x0_skip_data_std=0.0, attention="auto", dtype=jnp.float64) -> model_config.ModelConfig:
   """8 tokens of 1 number by default: small enough for brute-force Jacobians of whole trajectories."""
   return model_config.ModelConfig(
       image=model_config.ImageConfig(height, width, channels, patch_size),
@@ -24,11 +24,11 @@ def tiny_config(*, height=2, width=4, channels=1, patch_size=1, num_steps=2, num
       transporter=model_config.TransporterConfig(
           num_blocks=num_blocks, layers_per_block=layers_per_block, width=16, head_dim=8, mlp_ratio=2,
           num_classes=num_classes if kind == "tarflow" else 0, text_dim=text_dim if kind == "tarflow" else 0,
-          dropout=dropout, remat=remat),
+          dropout=dropout, remat=remat, attention=attention),
       predictor=model_config.PredictorConfig(
           depth=depth, width=16, head_dim=8, mlp_ratio=2, markov=markov, sigma_floor=sigma_floor,
           num_classes=num_classes, dropout=dropout, remat=remat, x0_skip_data_std=x0_skip_data_std,
-          prediction=prediction,
+          prediction=prediction, attention=attention,
           text_dim=text_dim if kind == "ntm" else 0, text_tokens=text_tokens if kind == "ntm" else 0),
       dtype=dtype, param_dtype=dtype, scan_layers=scan_layers)
 

@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from scipy import stats
 
-from ntm_jax.models import trajectory
+from ntm_jax.models import attention, trajectory
 from ntm_jax.models.predictor import TrajectoryPredictor, posterior_head
 from tests import helpers
 
@@ -54,7 +55,7 @@ def test_a_leaky_predictor_breaks_the_change_of_variables_check(x64, monkeypatch
   assert exact_gap < 1e-8
 
   def full_attention(self, num_steps):
-    return jnp.ones((num_steps * self.num_tokens,) * 2, dtype=bool)
+    return attention.Mask.full(num_steps * self.num_tokens)
 
   monkeypatch.setattr(TrajectoryPredictor, "attention_mask", full_attention)
   leaky_gap = abs(float(-model.trajectory_log_prob(x, times)["nll"][0] - _brute_force_log_prob(model, x, times)))
@@ -148,9 +149,11 @@ def test_sampled_trajectory_re_encodes_to_the_same_noise(x64):
 def test_loss_is_the_per_dimension_trajectory_nll(x64):
   model = helpers.tiny_model(0, num_steps=2)
   images = jax.random.uniform(jax.random.key(0), (4, 2, 4, 1), jnp.float64, -1, 1)
-  loss, parts = model.loss(jax.random.key(1), images)
+  graphdef, params = nnx.split(model)
+  loss_fn = jax.jit(lambda p: nnx.merge(graphdef, p).loss(jax.random.key(1), images))
+  loss, parts = loss_fn(params)
   np.testing.assert_allclose(loss, jnp.mean(parts["nll"]) / (3 * 8), rtol=1e-12)
-  grads = jax.grad(lambda m: m.loss(jax.random.key(1), images)[0])(model)
+  grads = jax.jit(jax.grad(lambda p: loss_fn(p)[0]))(params)
   leaves = jax.tree.leaves(grads)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
   assert any(float(jnp.max(jnp.abs(g))) > 0 for g in leaves)

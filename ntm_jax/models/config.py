@@ -12,6 +12,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from ntm_jax.models import attention
+
 _DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
 
 
@@ -51,6 +53,7 @@ class ImageConfig:
 
 
 REMAT_POLICIES = ("none", "save_matmuls", "full")
+ATTENTION_IMPLEMENTATIONS = attention.IMPLEMENTATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +65,8 @@ class StackConfig:
   mlp_ratio: int = 4
   dropout: float = 0.0  # residual dropout, training only
   remat: str = "none"  # what the backward pass keeps: "none", "save_matmuls" or "full"
+  # "auto" (splash on TPU, cuDNN on GPU, XLA elsewhere), "xla", "splash" or "cudnn" (ntm_jax.models.attention).
+  attention: str = "auto"
 
   def _check_stack(self, section: str) -> None:
     if self.width < 1 or self.head_dim < 1 or self.width % self.head_dim:
@@ -70,6 +75,8 @@ class StackConfig:
       raise ValueError(f"{section}.dropout must be in [0, 1), got {self.dropout}")
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f"{section}.remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+    if self.attention not in ATTENTION_IMPLEMENTATIONS:
+      raise ValueError(f"{section}.attention must be one of {ATTENTION_IMPLEMENTATIONS}, got {self.attention!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax.models import conditioning, layers
+from ntm_jax.models import attention, conditioning, layers
 from ntm_jax.models.config import StackConfig
 from ntm_jax.models.transformer import TokenTransformer
 
@@ -39,7 +39,7 @@ class DenoiserConfig(StackConfig):
   def from_section(cls, section, num_classes: int, text_dim: int = 0) -> DenoiserConfig:
     """The architecture from the config's `distill` section (which also holds its training settings)."""
     return cls(depth=section.depth, width=section.width, head_dim=section.head_dim, mlp_ratio=section.mlp_ratio,
-               num_classes=num_classes, text_dim=text_dim)
+               num_classes=num_classes, text_dim=text_dim, attention=section.get("attention", "auto"))
 
 
 class Denoiser(nnx.Module):
@@ -50,7 +50,8 @@ class Denoiser(nnx.Module):
     self.cfg = cfg
     self.num_tokens = num_tokens
     self.network = TokenTransformer(num_tokens, token_dim, token_dim, cfg.depth, cfg.width, cfg.head_dim,
-                                    cfg.mlp_ratio, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+                                    cfg.mlp_ratio, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                                    attention=cfg.attention)
     self.class_embedding = (layers.ClassEmbedding(cfg.num_classes, cfg.width, param_dtype=param_dtype, rngs=rngs)
                             if cfg.num_classes else None)
     self.text_embedding = (
@@ -73,5 +74,5 @@ class Denoiser(nnx.Module):
       if not conditioning.is_text(labels_B):
         raise ValueError("this denoiser is text-conditional: pass a text condition (ntm_jax.models.conditioning)")
       h = h + self.text_embedding(labels_B)[:, None, :].astype(h.dtype)
-    h = self.network.transformer(h, jnp.ones((self.num_tokens, self.num_tokens), dtype=bool))  # non-causal
+    h = self.network.transformer(h, attention.Mask.full(self.num_tokens))  # non-causal
     return u0_BxNxc + self.network.head(h).astype(u0_BxNxc.dtype)

@@ -18,7 +18,7 @@ def causal_pairs(num_tokens: int) -> int:
 
 
 def block_causal_pairs(num_blocks: int, block_size: int, *, within_block_only: bool = False) -> int:
-  """Pairs of `layers.block_causal_mask`: block b sees blocks <= b (or only itself)."""
+  """Pairs of `attention.Mask.block_causal`: block b sees blocks <= b (or only itself)."""
   if within_block_only:
     return num_blocks * block_size ** 2
   return block_size ** 2 * num_blocks * (num_blocks + 1) // 2

@@ -1,10 +1,12 @@
 """The building blocks of every network here: projections, attention with masks and a KV cache, MLP,
 embeddings of time, position and sentence.
 
-Attention takes an explicit boolean mask (True = may attend) so the same layer serves the transporter's
-causal scan, the predictor's block-causal trajectory and the denoiser's full attention. Autoregressive
-decoding goes through `Attention.decode`, which writes into a preallocated key/value cache with static
-shapes (`KVCache`), so it runs under `jax.lax` loops. Layers are stacked in ntm_jax.models.transformer.
+Attention takes a mask (ntm_jax.models.attention.Mask) so the same layer serves the transporter's causal
+scan, the predictor's block-causal trajectory and the denoiser's full attention, with the implementation
+(XLA, splash, cuDNN) its stack was configured with. Autoregressive decoding goes through `Attention.decode`,
+which writes into a preallocated key/value cache with static shapes (`KVCache`), so it runs under `jax.lax`
+loops, and attends with the XLA path over a dense mask (a few queries at a time: nothing for a kernel to
+fuse). Layers are stacked in ntm_jax.models.transformer.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax.models import conditioning
+from ntm_jax.models import attention, conditioning
 from ntm_jax.models.logical_axes import constrain, param_axes
 
 
@@ -69,36 +71,23 @@ class KVCache:
     return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
-def causal_mask(length: int) -> jax.Array:
-  """Self-inclusive lower-triangular mask: position i attends to positions <= i."""
-  return jnp.tril(jnp.ones((length, length), dtype=bool))
-
-
-def block_causal_mask(num_blocks: int, block_size: int, *, within_block_only: bool = False) -> jax.Array:
-  """Mask over `num_blocks` blocks of `block_size` tokens; block b attends to blocks <= b (or only b).
-
-  Full attention inside a block. With the predictor's noise-to-data order, "blocks <= b" are the
-  level itself and every noisier level.
-  """
-  block_of = jnp.arange(num_blocks * block_size) // block_size
-  if within_block_only:
-    return block_of[:, None] == block_of[None, :]
-  return block_of[:, None] >= block_of[None, :]
-
-
 class Attention(nnx.Module):
-  """Multi-head self-attention with an explicit mask and an optional KV-cached decode path.
+  """Multi-head self-attention under a mask, by `implementation` (ntm_jax.models.attention), with a KV-cached
+  decode path.
 
   The projections keep the head axis explicit ([width, 3, heads, head_dim] and [heads, head_dim, width]) so
   heads shard over the 'tensor' mesh axis without splitting a fused q|k|v dimension.
   """
 
-  def __init__(self, width: int, head_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, width: int, head_dim: int, *, dtype, param_dtype, rngs: nnx.Rngs,
+               implementation: str = "auto"):
+    attention.resolve(implementation)  # refuses an unknown name now, not at the first trace
     if width % head_dim:
       raise ValueError(f"width {width} is not a multiple of head_dim {head_dim}")
     self.num_heads = width // head_dim
     self.head_dim = head_dim
     self.dtype = dtype
+    self.implementation = implementation
     # LeCun-normal over the true fan-in (width, and heads x head_dim = width), as nnx.Linear would.
     qkv_init = nnx.initializers.lecun_normal(in_axis=0, out_axis=(1, 2, 3))
     out_init = nnx.initializers.lecun_normal(in_axis=(0, 1), out_axis=2)
@@ -117,21 +106,13 @@ class Attention(nnx.Module):
     qkv = constrain(qkv, ("qkv", "batch", "tokens", "heads", "head_dim"))
     return qkv[0], qkv[1], qkv[2]
 
-  def _attend(self, q_BxQxHxK, k_BxLxHxK, v_BxLxHxK, mask_QxL):
-    softmax_dtype = compute_dtype_at_least_f32(self.dtype)
-    logits = jnp.einsum("bqhk,blhk->bhql", q_BxQxHxK, k_BxLxHxK).astype(softmax_dtype)
-    logits = logits / math.sqrt(self.head_dim)
-    # A finite "minus infinity": exp underflows to exactly 0, so masked keys get exactly zero weight
-    # and exactly zero gradient, which the causality tests rely on.
-    logits = jnp.where(mask_QxL, logits, jnp.finfo(softmax_dtype).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v_BxLxHxK.dtype)
-    out = jnp.einsum("bhql,blhk->bqhk", weights, v_BxLxHxK)
-    out = jnp.einsum("bqhk,hkd->bqd", out, self.output_kernel[...].astype(self.dtype))
+  def _project_out(self, out_BxQxHxK):
+    out = jnp.einsum("bqhk,hkd->bqd", out_BxQxHxK, self.output_kernel[...].astype(self.dtype))
     return out + self.output_bias[...].astype(self.dtype)[None, None]
 
-  def __call__(self, x_BxLxD: jax.Array, mask_LxL: jax.Array) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, mask: attention.Mask) -> jax.Array:
     q, k, v = self._split_heads(x_BxLxD)
-    return self._attend(q, k, v, mask_LxL)
+    return self._project_out(attention.attend(q, k, v, mask, self.implementation))
 
   def decode(self, x_BxSxD: jax.Array, cache: KVCache, layer, start, mask_SxL: jax.Array):
     """Writes S new tokens' keys and values at position `start` of this layer's rows of a stack's cache
@@ -144,7 +125,8 @@ class Attention(nnx.Module):
     write = lambda stacked, rows: jax.lax.dynamic_update_slice(  # noqa: E731
         stacked, rows.astype(stacked.dtype)[None], (layer, 0, start, 0, 0))
     cache = KVCache(write(cache.keys, k), write(cache.values, v))
-    return self._attend(q, cache.keys[layer], cache.values[layer], mask_SxL), cache
+    out = attention.reference(q, cache.keys[layer], cache.values[layer], mask_SxL)
+    return self._project_out(out), cache
 
 
 class MLP(nnx.Module):

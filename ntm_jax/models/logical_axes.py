@@ -35,8 +35,13 @@ def rules(resolve: Resolver):
     _RESOLVER.reset(token)
 
 
+def spec_for(names: Sequence[str | None], shape: Sequence[int]) -> PartitionSpec | None:
+  """The PartitionSpec the installed rules give an array of `shape` with these logical names (None: none)."""
+  resolve = _RESOLVER.get()
+  return resolve(names, shape) if resolve is not None else None
+
+
 def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
   """`with_sharding_constraint` by logical names under the installed rules; the identity without them."""
-  resolve = _RESOLVER.get()
-  spec = resolve(names, x.shape) if resolve is not None else None
+  spec = spec_for(names, x.shape)
   return x if spec is None else jax.lax.with_sharding_constraint(x, spec)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax.models import conditioning, layers, trajectory
+from ntm_jax.models import attention, conditioning, layers, trajectory
 from ntm_jax.models.config import PredictorConfig
 from ntm_jax.models.transformer import TokenTransformer
 
@@ -52,10 +52,12 @@ class TrajectoryPredictor(nnx.Module):
                rngs: nnx.Rngs, scan_layers: bool = True):
     self.cfg = cfg
     self.num_tokens = num_tokens
+    self.dtype = dtype
     # Zero output projection: at step 0, h = 0 and delta = 0 (sigma = the posterior scale); also what D9 needs.
     self.network = TokenTransformer(num_tokens, token_dim, 2 * token_dim, cfg.depth, cfg.width, cfg.head_dim,
                                     cfg.mlp_ratio, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                                    dropout_rate=cfg.dropout, remat=cfg.remat, scan=scan_layers)
+                                    dropout_rate=cfg.dropout, remat=cfg.remat, scan=scan_layers,
+                                    attention=cfg.attention)
     self.level_embedding = layers.TimeEmbedding(2, cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.class_embedding = (layers.ClassEmbedding(cfg.num_classes, cfg.width, param_dtype=param_dtype, rngs=rngs)
                             if cfg.num_classes else None)
@@ -72,9 +74,9 @@ class TrajectoryPredictor(nnx.Module):
     """Tokens in front of the levels: the text prefix (0 without text)."""
     return self.cfg.text_tokens if self.cfg.text_dim else 0
 
-  def attention_mask(self, num_steps: int) -> jax.Array:
+  def attention_mask(self, num_steps: int) -> attention.Mask:
     """Block-causal over the T = `num_steps` levels in noise-to-data order (within-level only for `markov`)."""
-    return layers.block_causal_mask(num_steps, self.num_tokens, within_block_only=self.cfg.markov)
+    return attention.Mask.block_causal(num_steps, self.num_tokens, within_block_only=self.cfg.markov)
 
   def __call__(self, u_BxTxNxc: jax.Array, times: jax.Array, condition=None,
                dropout_key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
@@ -109,7 +111,7 @@ class TrajectoryPredictor(nnx.Module):
     mask = self.attention_mask(num_steps)
     if self.prefix_length:
       h = jnp.concatenate([self._text_prefix(condition), h], axis=1)
-      mask = self._mask_with_prefix(mask, condition["text_mask"])
+      mask = mask.with_prefix(condition["text_mask"])
     h = self.network.transformer(h, mask, dropout_key)[:, self.prefix_length:]
     return jnp.flip(self._head(h).reshape(batch, num_steps, self.num_tokens, -1), axis=1)
 
@@ -118,7 +120,8 @@ class TrajectoryPredictor(nnx.Module):
     """A cache for the prefix and the T = `num_steps` levels of N tokens; a text prefix is written into it here
     (prefilled once, then every level reads it)."""
     length = self.prefix_length + num_steps * self.num_tokens
-    cache = self.network.transformer.init_cache(batch, length, dtype)
+    # In the compute dtype, which keys and values are computed in (bfloat16 on the TPU presets).
+    cache = self.network.transformer.init_cache(batch, length, self.dtype or dtype)
     if not self.prefix_length:
       return cache
     prefix_mask = self._prefix_rows(condition["text_mask"], length)[:, None]
@@ -162,17 +165,6 @@ class TrajectoryPredictor(nnx.Module):
       raise ValueError(f"the predictor takes {self.prefix_length} text tokens, got {tokens.shape[1]} "
                        "(set model.predictor.text_tokens to the encoder's max_tokens)")
     return self.text_projection(tokens) + self.text_position()[None]
-
-  def _mask_with_prefix(self, level_mask: jax.Array, text_mask_BxP: jax.Array) -> jax.Array:
-    """[B, 1, P + TN, P + TN]: levels see the real prefix tokens; prefix tokens see only the prefix (and
-    themselves, so an empty caption's rows are never fully masked)."""
-    batch, prefix = text_mask_BxP.shape
-    num_level_tokens = level_mask.shape[0]
-    prefix_rows = self._prefix_rows(text_mask_BxP, prefix + num_level_tokens)
-    level_rows = jnp.concatenate(
-        [jnp.broadcast_to(text_mask_BxP[:, None, :], (batch, num_level_tokens, prefix)),
-         jnp.broadcast_to(level_mask[None], (batch, num_level_tokens, num_level_tokens))], axis=-1)
-    return jnp.concatenate([prefix_rows, level_rows], axis=1)[:, None]
 
   @staticmethod
   def _prefix_rows(text_mask_BxP: jax.Array, length: int) -> jax.Array:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ntm_jax.models import attention as attention_lib
 from ntm_jax.models import layers
 from ntm_jax.models.config import REMAT_POLICIES
 from ntm_jax.models.logical_axes import constrain
@@ -36,18 +37,20 @@ class TransformerLayer(nnx.Module):
   """
 
   def __init__(self, width: int, head_dim: int, mlp_ratio: int, *, dtype, param_dtype, rngs: nnx.Rngs,
-               dropout_rate: float = 0.0):
+               dropout_rate: float = 0.0, attention: str = "auto"):
     self.dropout_rate = dropout_rate
     norm = lambda: layers.layer_norm(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.attention_norm = norm()
-    self.attention = layers.Attention(width, head_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.attention = layers.Attention(width, head_dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                                      implementation=attention)
     self.mlp_norm = norm()
     self.mlp = layers.MLP(width, mlp_ratio * width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, x_BxLxD: jax.Array, mask_LxL: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x_BxLxD: jax.Array, mask: attention_lib.Mask,
+               dropout_key: jax.Array | None = None) -> jax.Array:
     attention_key, mlp_key = layers.split_or_none(dropout_key, 2)
     x_BxLxD = constrain(x_BxLxD, ("batch", "tokens", "embed_act"))
-    attended = self.attention(self.attention_norm(x_BxLxD), mask_LxL)
+    attended = self.attention(self.attention_norm(x_BxLxD), mask)
     x_BxLxD = x_BxLxD + layers.dropout(attended, self.dropout_rate, attention_key)
     return x_BxLxD + layers.dropout(self.mlp(self.mlp_norm(x_BxLxD)), self.dropout_rate, mlp_key)
 
@@ -62,7 +65,8 @@ class TransformerStack(nnx.Module):
   """`depth` TransformerLayers with stacked parameters: forward pass and KV-cached decoding."""
 
   def __init__(self, depth: int, width: int, head_dim: int, mlp_ratio: int, *, dtype, param_dtype,
-               rngs: nnx.Rngs, dropout_rate: float = 0.0, remat: str = "none", scan: bool = True):
+               rngs: nnx.Rngs, dropout_rate: float = 0.0, remat: str = "none", scan: bool = True,
+               attention: str = "auto"):
     if depth < 1:
       raise ValueError(f"a Transformer stack needs depth >= 1, got {depth}")
     if remat not in _SAVED:
@@ -74,7 +78,7 @@ class TransformerStack(nnx.Module):
     @nnx.vmap(in_axes=(0,), out_axes=0)
     def stacked(layer_rngs):
       return TransformerLayer(width, head_dim, mlp_ratio, dtype=dtype, param_dtype=param_dtype, rngs=layer_rngs,
-                              dropout_rate=dropout_rate)
+                              dropout_rate=dropout_rate, attention=attention)
 
     self.layers = stacked(rngs)
     for _, variable in nnx.iter_graph(self.layers):  # the new leading axis is the layer index
@@ -89,10 +93,12 @@ class TransformerStack(nnx.Module):
       layer_params, x = sliced
       return body(carry, nnx.merge(graphdef, layer_params), x)
 
-    return jax.lax.scan(step, carry, (params, xs), unroll=1 if self.scan else True)
+    with attention_lib.repeated(self.depth):  # the kernels' cost estimate: the body runs `depth` times
+      return jax.lax.scan(step, carry, (params, xs), unroll=1 if self.scan else True)
 
-  def __call__(self, x_BxLxD: jax.Array, mask: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
-    """All layers over a sequence; `mask` [L, L] or [B, 1, L, L] is True where a token may attend."""
+  def __call__(self, x_BxLxD: jax.Array, mask: attention_lib.Mask,
+               dropout_key: jax.Array | None = None) -> jax.Array:
+    """All layers over a sequence, each token attending where `mask` allows."""
 
     def body(h, layer, key):
       return layer(h, mask, key), None
@@ -131,12 +137,13 @@ class TokenTransformer(nnx.Module):
 
   def __init__(self, num_tokens: int, token_dim: int, out_dim: int, depth: int, width: int, head_dim: int,
                mlp_ratio: int, *, dtype, param_dtype, rngs: nnx.Rngs, dropout_rate: float = 0.0,
-               remat: str = "none", scan: bool = True):
+               remat: str = "none", scan: bool = True, attention: str = "auto"):
     self.input_projection = layers.linear(token_dim, width, ("token_dim", "embed"), dtype=dtype,
                                           param_dtype=param_dtype, rngs=rngs)
     self.position = layers.PositionEmbedding(num_tokens, width, param_dtype=param_dtype, rngs=rngs)
     self.transformer = TransformerStack(depth, width, head_dim, mlp_ratio, dtype=dtype, param_dtype=param_dtype,
-                                        rngs=rngs, dropout_rate=dropout_rate, remat=remat, scan=scan)
+                                        rngs=rngs, dropout_rate=dropout_rate, remat=remat, scan=scan,
+                                        attention=attention)
     self.final_norm = layers.layer_norm(width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.output_projection = layers.linear(
         width, out_dim, ("embed", "token_dim"), dtype=dtype, param_dtype=param_dtype, rngs=rngs,

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax.models import conditioning, layers
+from ntm_jax.models import attention, conditioning, layers
 from ntm_jax.models.config import TransporterConfig
 from ntm_jax.models.transformer import TokenTransformer
 
@@ -70,7 +70,8 @@ class FlowBlock(nnx.Module):
     # Zero output projection (weights and bias): the block starts as the exact identity (D3, needed by D9).
     self.network = TokenTransformer(num_tokens, token_dim, 2 * token_dim, cfg.layers_per_block, cfg.width,
                                     cfg.head_dim, cfg.mlp_ratio, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                                    dropout_rate=cfg.dropout, remat=cfg.remat, scan=scan_layers)
+                                    dropout_rate=cfg.dropout, remat=cfg.remat, scan=scan_layers,
+                                    attention=cfg.attention)
     self.time_embedding = (
         layers.TimeEmbedding(1, cfg.width, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         if cfg.time_conditioned else None)
@@ -105,7 +106,7 @@ class FlowBlock(nnx.Module):
     h = self.network.embed(x_scan_BxNxc, self.to_scan_order(self.network.position())[None])
     if cond_Bxd is not None:
       h = h + cond_Bxd[:, None, :]
-    h = self.network.transformer(h, layers.causal_mask(self.num_tokens), dropout_key)
+    h = self.network.transformer(h, attention.Mask.causal(self.num_tokens), dropout_key)
     return self.network.head(h)
 
   def _affine_from_previous(self, x_scan_BxNxc, cond_Bxd, dropout_key=None):
@@ -145,7 +146,8 @@ class FlowBlock(nnx.Module):
     batch = z_scan.shape[0]
     cond = self._conditioning_Bxd(t_B, labels_B)
     position_scan = self.to_scan_order(self.network.position())
-    cache_dtype = jnp.promote_types(self.dtype or z_scan.dtype, z_scan.dtype)
+    # Keys and values are computed in the compute dtype: a wider cache would only cost memory and bandwidth.
+    cache_dtype = self.dtype or z_scan.dtype
     caches = self.network.transformer.init_cache(batch, self.num_tokens, cache_dtype)
     key_positions = jnp.arange(self.num_tokens)
 
