@@ -32,6 +32,7 @@ def main():
   parser.add_argument("--topologies", default="v5p:4x4x4,v6e:8x8")
   parser.add_argument("--config_arg", default="", help="extra t2i config arguments, e.g. remat=none")
   parser.add_argument("--num_slices", type=int, default=1, help="multi-slice: the data axis spans the slices")
+  parser.add_argument("--train_only", action="store_true", help="compile the train step only (no sampler)")
   parser.add_argument("--out", default="benchmarks/results/compile_tpu.json")
   parser.add_argument("--smoke", action="store_true", help="the tiny t2i model on topology 'cpu' (what CI runs)")
   parser.add_argument("--model_flops_only", action="store_true",
@@ -45,34 +46,39 @@ def main():
   for size in args.sizes.split(","):
     for topology in args.topologies.split(","):
       config = common.load_config("t2i", ",".join(filter(None, [f"size={size}", args.config_arg])))
-      config.compile.update(topology=topology, num_slices=args.num_slices)
+      config.compile.update(topology=topology, num_slices=args.num_slices, sampler=not args.train_only)
       config.mesh.dcn_data = args.num_slices
       try:
         report = compile_for_topology(config)
       except compile_lib.CompiledMemoryError as error:
         report = {"topology": topology, "error": str(error)}
-      report.update(size=size, remat=config.model.predictor.remat, scan_layers=config.model.scan_layers)
+      report.update(size=size, remat=config.model.predictor.remat, scan_layers=config.model.scan_layers,
+                    config_arg=args.config_arg)
       rows.append(report)
       print(compile_lib.format_report(report) if "error" not in report else f"{size} on {topology}: {report['error']}",
             flush=True)
       common.write_json(args.out, rows)
-  print(f"\n{'size':6s} {'params':>8s} {'topology':10s} {'mesh':22s} {'batch':>5s} {'GiB/chip':>9s} "
-        f"{'TFLOP/chip':>10s} {'model TF':>9s} {'ms@peak':>8s} {'MFU bound':>9s} {'model MFU':>9s} "
+  print(f"\n{'size':6s} {'params':>8s} {'topology':10s} {'mesh':14s} {'attention':9s} {'batch':>5s} {'GiB/chip':>9s} "
+        f"{'TFLOP/chip':>10s} {'HBM GB':>7s} {'model TF':>9s} {'ms@peak':>8s} {'MFU bound':>9s} {'model MFU':>9s} "
         f"{'sampler GiB':>11s} {'sampler ms':>10s}")
   bound = lambda value: f"{'n/a':>9s}" if value is None else f"{value:9.2f}"  # noqa: E731
   for r in rows:
     if "error" in r:
       print(f"{r['size']:6s} {'':8s} {r['topology']:10s} does not fit: {r['error'][:80]}")
       continue
-    train_step, sampler = r["programs"]
+    train_step, sampler = (r["programs"] + [None])[:2]
     mesh = "x".join(f"{k}{v}" for k, v in r["mesh"].items() if v > 1) or "1"
-    print(f"{r['size']:6s} {r['parameters'] / 1e6:7.0f}M {r['topology']:10s} {mesh:22s} {r['batch_size']:5d} "
-          f"{train_step['per_chip_gib']:9.2f} {train_step['tflops_per_chip']:10.2f} "
-          f"{train_step['model_tflops_per_chip']:9.2f} {train_step['step_ms_at_peak']:8.1f} "
-          f"{bound(train_step['mfu_bound'])} {bound(train_step['model_mfu_bound'])} {sampler['per_chip_gib']:11.2f} "
-          f"{sampler['model_step_ms_at_peak']:10.1f}")
-  print("TFLOP/chip, ms@peak, MFU bound: XLA's counts; model TF, model MFU: the architecture's FLOPs (no masked "
-        "attention, no remat); sampler ms: its model FLOPs at peak, every loop iteration")
+    sampler_columns = (f"{sampler['per_chip_gib']:11.2f} {sampler['model_step_ms_at_peak']:10.1f}" if sampler
+                       else f"{'-':>11s} {'-':>10s}")
+    print(f"{r['size']:6s} {r['parameters'] / 1e6:7.0f}M {r['topology']:10s} {mesh:14s} {r['attention']:9s} "
+          f"{r['batch_size']:5d} {train_step['per_chip_gib']:9.2f} {train_step['tflops_per_chip']:10.2f} "
+          f"{train_step['hbm_gb_per_chip']:7.1f} {train_step['model_tflops_per_chip']:9.2f} "
+          f"{train_step['step_ms_at_peak']:8.1f} {bound(train_step['mfu_bound'])} "
+          f"{bound(train_step['model_mfu_bound'])} {sampler_columns}")
+  print("TFLOP/chip, HBM GB, ms@peak, MFU bound: XLA's counts (plus the attention kernels' estimate); model TF, "
+        "model MFU: the architecture's FLOPs (no masked attention, no remat); sampler ms: its model FLOPs at peak, "
+        "every loop iteration")
+
 
 def model_flops_table(args):
   """Per chip: the train step's and the sampler's model FLOPs and their time at the chip's peak."""

@@ -2,6 +2,9 @@
 a TPU topology (needs libtpu: pip install '.[tpu]')."""
 
 import importlib.util
+import os
+import pathlib
+import subprocess
 import sys
 
 import pytest
@@ -62,11 +65,30 @@ def test_a_latent_preset_compiles_without_its_vae():
 
 @needs_libtpu
 def test_compiles_the_text_to_image_model_with_its_caption_prefix():
+  """On a TPU topology attention "auto" is the splash kernel: it compiles with the caption prefix's segment
+  ids, and the report adds the kernels' cost estimate to XLA's counts."""
   config = load_config("t2i", "smoke")
   config.mesh.update(data=1, fsdp=-1)
   report = compile_for_topology(config)
-  assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and report["attention"] == "splash"
   assert all(0 < p["per_chip_gib"] < p["hbm_gib"] for p in report["programs"])
+  train_step = report["programs"][0]
+  assert 0 < train_step["kernel_tflops_per_chip"] < train_step["tflops_per_chip"]
+
+
+@needs_libtpu
+def test_this_libtpu_accepts_every_launcher_flag():
+  """libtpu aborts on a flag it does not know: compile with launch/libtpu_flags.sh's flags in a fresh process."""
+  launch = pathlib.Path(__file__).resolve().parents[1] / "launch" / "libtpu_flags.sh"
+  flags = subprocess.run(["bash", "-c", f"source {launch} && echo $NTM_LIBTPU_FLAGS"], capture_output=True,
+                         text=True, check=True).stdout.strip()
+  assert flags.count("--xla") >= 5
+  program = ("from tests.compile_test import tiny_config; from ntm_jax.training.compile import compile_for_topology; "
+             "print(compile_for_topology(tiny_config())['chips'])")
+  env = dict(os.environ, LIBTPU_INIT_ARGS=flags, ALLOW_MULTIPLE_LIBTPU_LOAD="1", JAX_PLATFORMS="cpu")
+  result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env,
+                          cwd=launch.parents[1], check=False, timeout=600)
+  assert result.returncode == 0 and result.stdout.strip().endswith("4"), result.stderr[-2000:]
 
 
 @needs_libtpu

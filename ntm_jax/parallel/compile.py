@@ -12,9 +12,12 @@ it). A program that needs more memory than the chip's HBM is an error naming the
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import jax
+
+from ntm_jax.models import attention
 
 GiB = 1024 ** 3
 
@@ -62,19 +65,26 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
     import libtpu  # noqa: F401, PLC0415  (only to give a clear error when it is missing)
   except ImportError as error:
     raise MissingLibtpuError("--mode=compile needs libtpu: pip install -c constraints.txt -e '.[tpu]'") from error
+  # Compile-only: there is no chip to guard, so libtpu's one-process-per-host lockfile would only make a second
+  # compiling process (a test beside a run) fail.
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies  # noqa: PLC0415
   kwargs = {"num_slices": num_slices} if num_slices > 1 else {}
   return list(topologies.get_topology_desc(topology_name=topology, platform="tpu", **kwargs).devices)
 
 
-def program_report(compiled, chip: Chip, name: str, model_flops: float = 0.0, whole_counts: bool = True) -> dict:
+def program_report(compiled, chip: Chip, name: str, model_flops: float = 0.0, whole_counts: bool = True,
+                   kernel_flops: float = 0.0, kernel_hbm_bytes: float = 0.0) -> dict:
   """The per-chip figures of one compiled program. `model_flops` (per chip, from ntm_jax.models.flops) gives the
   model-FLOPs step time and MFU bound; `whole_counts` says whether XLA's counts cover the whole program (no
-  loop whose body it counts once): only then is there a roofline bound from them."""
+  loop whose body it counts once): only then is there a roofline bound from them. `kernel_flops` and
+  `kernel_hbm_bytes` (per chip) are the Pallas kernels' own estimate, which XLA's counts leave out: the
+  program's totals include them."""
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops, hbm = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+  flops = float(cost.get("flops", 0.0)) + kernel_flops
+  hbm = float(cost.get("bytes accessed", 0.0)) + kernel_hbm_bytes
   per_chip = (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
               - memory.alias_size_in_bytes)
   compute_s, memory_s = flops / chip.peak_flops, hbm / chip.hbm_bytes_per_s
@@ -88,6 +98,8 @@ def program_report(compiled, chip: Chip, name: str, model_flops: float = 0.0, wh
       "hbm_gib": chip.hbm_bytes / GiB,
       "tflops_per_chip": flops / 1e12,
       "hbm_gb_per_chip": hbm / 1e9,
+      "kernel_tflops_per_chip": kernel_flops / 1e12,  # included in the two above
+      "kernel_hbm_gb_per_chip": kernel_hbm_bytes / 1e9,
       "step_ms_at_peak": 1e3 * compute_s,
       "mfu_bound": compute_s / max(compute_s, memory_s) if flops and whole_counts else None,
       "xla_counts_whole_program": whole_counts,
@@ -114,15 +126,19 @@ def compile_lowered(lowered, name: str, topology: str, mesh):
 
 
 def compile_programs(programs, topology: str, mesh) -> list[dict]:
-  """Compiles each (name, lowered program, model FLOPs per chip, XLA counts the whole program?) and reports
-  it per chip (with its compile time); refuses any that needs more memory per chip than the chip's HBM."""
+  """Compiles each (name, lowered program, model FLOPs per chip, XLA counts the whole program?, has a backward
+  pass?) and reports it per chip (with its compile time and the cost of the attention kernels traced into it);
+  refuses any that needs more memory per chip than the chip's HBM."""
   chip = chip_of(topology)
+  chips = mesh.devices.size
   rows = []
-  for name, lower, model_flops, whole_counts in programs:
+  for name, lower, model_flops, whole_counts, backward in programs:
     start = time.perf_counter()
-    compiled = compile_lowered(lower(), name, topology, mesh)
-    rows.append(program_report(compiled, chip, name, model_flops, whole_counts)
-                | {"compile_s": time.perf_counter() - start})
+    with attention.kernel_costs(backward) as kernels:
+      lowered = lower()
+    compiled = compile_lowered(lowered, name, topology, mesh)
+    rows.append(program_report(compiled, chip, name, model_flops, whole_counts, kernels.flops / chips,
+                               kernels.hbm_bytes / chips) | {"compile_s": time.perf_counter() - start})
   too_big = [p for p in rows if p["per_chip_gib"] > p["hbm_gib"]]
   if too_big:
     worst = max(too_big, key=lambda p: p["per_chip_gib"])
@@ -143,15 +159,23 @@ def _bound(value) -> str:
   return "n/a (loop bodies counted once)" if value is None else f"{value:.2f}"
 
 
+def _kernels(program: dict) -> str:
+  if not program.get("kernel_tflops_per_chip"):
+    return ""
+  return (f" (attention kernels' estimate included: {program['kernel_tflops_per_chip']:.3f} TFLOP, "
+          f"{program['kernel_hbm_gb_per_chip']:.2f} GB)")
+
+
 def format_report(report: dict) -> str:
   lines = [(f"{report['topology']} x {report['num_slices']} slice(s), {report['chips']} chips, mesh {report['mesh']}, "
-            f"{report['parameters'] / 1e6:.1f} M parameters, global batch {report['batch_size']}")]
+            f"{report['parameters'] / 1e6:.1f} M parameters, global batch {report['batch_size']}, "
+            f"attention {report.get('attention', 'xla')}")]
   for p in report["programs"]:
     lines.append(
         f"  {p['program']}: per chip {p['per_chip_gib']:.2f} GiB of {p['hbm_gib']:.0f} (arguments "
         f"{p['argument_gib']:.2f}, temporaries {p['temp_gib']:.2f}, outputs {p['output_gib']:.2f}, donated "
         f"{p['alias_gib']:.2f}); XLA: {p['tflops_per_chip']:.3f} TFLOP and {p['hbm_gb_per_chip']:.2f} GB of HBM "
-        f"traffic per chip, {p['step_ms_at_peak']:.2f} ms at peak, MFU bound {_bound(p['mfu_bound'])}; model: "
+        f"traffic per chip{_kernels(p)}, {p['step_ms_at_peak']:.2f} ms at peak, MFU bound {_bound(p['mfu_bound'])}; model: "
         f"{p['model_tflops_per_chip']:.3f} TFLOP per chip, {p['model_step_ms_at_peak']:.2f} ms at peak, "
         f"model-FLOPs MFU bound {_bound(p['model_mfu_bound'])}; compiled in {p['compile_s']:.1f} s")
   if not all(p["xla_counts_whole_program"] for p in report["programs"]):

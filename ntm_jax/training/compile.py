@@ -14,6 +14,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ntm_jax import latents, models
+from ntm_jax.models import attention
 from ntm_jax.parallel import compile as compile_lib
 from ntm_jax.parallel import mesh as mesh_lib
 from ntm_jax.sampling import sampler
@@ -58,12 +59,14 @@ def compile_for_topology(config: ml_collections.ConfigDict) -> dict:
   chips = len(devices)
   programs = [
       ("train step", lambda: setup.step_fn.lower(setup.abstract_state, batch, key, *setup.step_arguments),
-       batch_size * model.train_flops() / chips, not setup.model_cfg.scan_layers),
+       batch_size * model.train_flops() / chips, not setup.model_cfg.scan_layers, True),
       (f"sampler ({num_samples} images)", lambda: sample_fn.lower(setup.abstract_state["ema"], key, condition),
-       num_samples * model.sample_flops() / chips, False),  # the inversion is a loop
-  ]
+       num_samples * model.sample_flops() / chips, False, False),  # the inversion is a loop
+  ][:2 if spec.get("sampler", True) else 1]
   with mesh_lib.use(mesh):
     rows = compile_lib.compile_programs(programs, spec.topology, mesh)
+    implementation = attention.resolve(setup.model_cfg.predictor.attention)  # what "auto" is on the topology
   return {"topology": spec.topology, "num_slices": spec.num_slices, "chips": len(devices), "mesh": dict(mesh.shape),
+          "attention": implementation,
           "parameters": setup.num_params, "batch_size": batch_size, "scan_layers": setup.model_cfg.scan_layers,
           "programs": rows}
