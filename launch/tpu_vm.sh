@@ -8,6 +8,8 @@
 # the same command with --distributed, so jax.distributed.initialize() joins the hosts into one job.
 # --dry-run prints the commands without running them.
 set -euo pipefail
+# shellcheck source=launch/libtpu_flags.sh
+source "$(dirname "${BASH_SOURCE[0]}")/libtpu_flags.sh"
 
 tpu="" zone="" project="" config="" workdir="" repo_dir="ntm_jax" setup=0 dry_run=0
 extra=()
@@ -37,7 +39,7 @@ gcloud_args=(compute tpus tpu-vm)
 target=("${tpu}" "--zone=${zone}" "--worker=all")
 if [[ -n "${project}" ]]; then target+=("--project=${project}"); fi
 
-main_line=(.venv/bin/python -m ntm_jax.main "--config=${config}" "--workdir=${workdir}" --distributed "${extra[@]}")
+main_line=(env "LIBTPU_INIT_ARGS=${NTM_LIBTPU_FLAGS}${LIBTPU_INIT_ARGS:+ ${LIBTPU_INIT_ARGS}}" .venv/bin/python -m ntm_jax.main "--config=${config}" "--workdir=${workdir}" --distributed "${extra[@]}")
 printf -v main_command '%q ' "${main_line[@]}"
 echo "ntm_jax command on every worker: cd ${repo_dir} && ${main_command}"
 

@@ -8,6 +8,8 @@
 # Every pod runs the same command with --distributed; with N > 1 slices, set the config's mesh.dcn_* sizes.
 # --dry-run prints the xpk command without running it.
 set -euo pipefail
+# shellcheck source=launch/libtpu_flags.sh
+source "$(dirname "${BASH_SOURCE[0]}")/libtpu_flags.sh"
 
 cluster="" tpu_type="" image="" config="" workdir="" num_slices=1 workload="" project="" zone="" dry_run=0
 extra=()
@@ -40,7 +42,7 @@ if ! [[ "${num_slices}" =~ ^[1-9][0-9]*$ ]]; then
 fi
 workload="${workload:-ntm-$(date +%Y%m%d-%H%M%S)}"
 
-main_line=(python -m ntm_jax.main "--config=${config}" "--workdir=${workdir}" --distributed "${extra[@]}")
+main_line=(env "LIBTPU_INIT_ARGS=${NTM_LIBTPU_FLAGS}${LIBTPU_INIT_ARGS:+ ${LIBTPU_INIT_ARGS}}" python -m ntm_jax.main "--config=${config}" "--workdir=${workdir}" --distributed "${extra[@]}")
 printf -v main_command '%q ' "${main_line[@]}"
 echo "ntm_jax command in every pod: ${main_command}"
 

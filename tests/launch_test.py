@@ -23,7 +23,7 @@ def shellcheck_binary():
 
 
 def test_every_script_passes_shellcheck():
-  assert {s.name for s in SCRIPTS} == {"setup_tpu_vm.sh", "tpu_vm.sh", "xpk.sh"}
+  assert {s.name for s in SCRIPTS} == {"libtpu_flags.sh", "setup_tpu_vm.sh", "tpu_vm.sh", "xpk.sh"}
   result = subprocess.run([shellcheck_binary(), *map(str, SCRIPTS)], capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stdout + result.stderr
 
@@ -33,8 +33,10 @@ def test_tpu_vm_dry_run_prints_the_command_on_all_workers():
                "--workdir", "gs://bucket/run", "--setup", "--dry-run", "--", "--config.seed=3")
   assert result.returncode == 0, result.stderr
   lines = result.stdout.splitlines()
-  assert ("ntm_jax command on every worker: cd ntm_jax && .venv/bin/python -m ntm_jax.main "
-          "--config=configs/digits.py:steps=10 --workdir=gs://bucket/run --distributed --config.seed=3") in lines[0]
+  assert "ntm_jax command on every worker: cd ntm_jax && env LIBTPU_INIT_ARGS=" in lines[0]
+  assert (".venv/bin/python -m ntm_jax.main --config=configs/digits.py:steps=10 --workdir=gs://bucket/run "
+          "--distributed --config.seed=3") in lines[0]
+  assert "xla_tpu_enable_async_collective_fusion=true" in lines[0]  # launch/libtpu_flags.sh
   commands = [line for line in lines if line.startswith("+ gcloud compute tpus tpu-vm")]
   assert len(commands) == 3  # copy the checkout, set up every worker, run
   assert all("--worker=all" in line and "--zone=us-east5-a" in line for line in commands)
@@ -47,6 +49,7 @@ def test_xpk_dry_run_prints_the_workload():
                "--workload", "ntm-test", "--dry-run")
   assert result.returncode == 0, result.stderr
   assert "python -m ntm_jax.main --config=configs/digits.py --workdir=gs://b/w --distributed" in result.stdout
+  assert "LIBTPU_INIT_ARGS=--xla_tpu_enable_async_collective_fusion=true" in result.stdout
   xpk = [line for line in result.stdout.splitlines() if line.startswith("+ xpk workload create")]
   assert len(xpk) == 1
   for part in ("--cluster=c1", "--workload=ntm-test", "--tpu-type=v5p-128", "--num-slices=2",
