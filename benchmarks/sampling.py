@@ -168,7 +168,7 @@ def deep_predictor_shape(repeats):
   """The paper's shape at equal parameters (untrained, speed only): NTM with a 2 x 1-layer f_T and an
   8-layer predictor against a 5 x 2-layer TarFlow, digits at patch 1 (64 tokens), batch 64 and batch 1."""
   rows = {}
-  for batch in (BATCH, 1):
+  for batch in _batches():
     for path in ("ntm/inversion", "ntm/distilled", "tarflow"):
       config = load_config("digits", "tarflow" if path == "tarflow" else "")
       config.model.image.patch_size = 1
@@ -189,18 +189,23 @@ def deep_predictor_shape(repeats):
         run = lambda: fn(params, jax.random.key(0), None)  # noqa: B023
       rows[f"batch {batch}/{path}"] = {"parameters": count, "ms_per_batch": round(1e3 * median_seconds(run, repeats), 2)}
       print(f"  {path} batch {batch}: {rows[f'batch {batch}/{path}']}", flush=True)
-  for batch in (BATCH, 1):
+  for batch in _batches():
     tarflow_ms = rows[f"batch {batch}/tarflow"]["ms_per_batch"]
     for path in ("ntm/inversion", "ntm/distilled"):
       rows[f"batch {batch}/{path}"]["speedup_over_tarflow"] = round(tarflow_ms / rows[f"batch {batch}/{path}"]["ms_per_batch"], 2)
   return rows
 
 
+def _batches():
+  """The batch sizes of the shape comparison: the benchmark's batch and 1 (the smoke run: its batch only)."""
+  return (BATCH,) if SMOKE else (BATCH, 1)
+
+
 def cost_against_steps(repeats):
   config = load_config("digits", "")
   graphdef, params, model_cfg = model_and_params(config)
   rows = {}
-  for num_steps in (1, 2, 4, 8, 16):
+  for num_steps in (1, 2) if SMOKE else (1, 2, 4, 8, 16):
     fn = sample.make_sample_fn(graphdef, BATCH, {"num_steps": num_steps})
     rows[num_steps] = round(1e3 * median_seconds(lambda: fn(params, jax.random.key(0), None), repeats), 1)
   return rows
@@ -209,7 +214,7 @@ def cost_against_steps(repeats):
 def cost_against_tokens(repeats):
   """Digits at patch 2 (16 tokens) and patch 1 (64 tokens), NTM and TarFlow: ms per batch."""
   rows = {}
-  for patch in (2, 1):
+  for patch in (2,) if SMOKE else (2, 1):
     for variant in ("", "tarflow"):
       config = load_config("digits", variant)
       config.model.image.patch_size = patch

@@ -78,6 +78,7 @@ def test_autoencoder_run_writes_checkpoints_grids_and_latent_statistics(trained_
   assert latents.load_autoencoder(workdir).fingerprint == loaded.fingerprint
 
 
+@pytest.mark.slow  # the resume itself is the train loop's, tested bit for bit in tests/train_test.py
 def test_autoencoder_resumes_where_it_stopped(trained_autoencoder, tmp_path):
   workdir, _ = trained_autoencoder
   config = load_config("autoencoder", "smoke,steps=6")

@@ -34,7 +34,9 @@ def test_the_notebooks_are_there_and_stored_without_outputs():
     assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), name
 
 
-@pytest.mark.parametrize("name", NOTEBOOKS)
+# CI runs the quickstart (about two minutes a notebook); `-m slow` runs every notebook.
+@pytest.mark.parametrize("name", [name if name == "quickstart.ipynb" else pytest.param(name, marks=pytest.mark.slow)
+                                  for name in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(name, tmp_path, monkeypatch):
   # Small, with its runs in a temporary directory (the kernel also inherits the test data directory).
   monkeypatch.setenv("NTM_JAX_NOTEBOOK_SMALL", "1")

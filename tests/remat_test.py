@@ -13,7 +13,7 @@ from tests import helpers
 def _loss_and_grads(model, images):
   graphdef, params = nnx.split(model)
   loss_fn = lambda p: nnx.merge(graphdef, p).loss(jax.random.key(2), images, dropout_key=jax.random.key(3))[0]
-  return jax.value_and_grad(loss_fn)(params)
+  return jax.jit(jax.value_and_grad(loss_fn))(params)  # jitted: op by op, the same numbers take minutes
 
 
 @pytest.mark.parametrize("remat, scan_layers", [("full", True), ("save_matmuls", True), ("none", False),
