@@ -162,11 +162,17 @@ def padded_pattern(allowed: np.ndarray) -> np.ndarray:
   return out
 
 
+def _splash_modules():
+  """Pallas' TPU kernels, imported only where splash runs."""
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel  # noqa: PLC0415
+  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask  # noqa: PLC0415
+  return splash_attention_kernel, splash_attention_mask
+
+
 def _splash_kernel(pattern: np.ndarray, num_heads: int, interpret: bool):
   """The kernel for one static pattern. Made inside the trace that runs it: its tile tables are staged into
   that trace (a kernel cached across traces would carry another trace's values)."""
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib  # noqa: PLC0415
-  from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib  # noqa: PLC0415
+  kernel_lib, mask_lib = _splash_modules()
   block = _block(pattern.shape[0])
   sizes = kernel_lib.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                                 block_kv_dkv=block, block_kv_dkv_compute=block, use_fused_bwd_kernel=True)
@@ -193,9 +199,8 @@ def _splash(q, k, v, mask: Mask) -> jax.Array:
     if segment_ids is None:
       out = jax.vmap(kernel)(q, k, v)
     else:
-      from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as kernel_lib  # noqa: PLC0415
-      ids = pad(segment_ids)
-      out = jax.vmap(lambda q, k, v, i: kernel(q, k, v, segment_ids=kernel_lib.SegmentIds(i, i)))(q, k, v, ids)
+      segments = _splash_modules()[0].SegmentIds
+      out = jax.vmap(lambda q, k, v, i: kernel(q, k, v, segment_ids=segments(i, i)))(q, k, v, pad(segment_ids))
     return jnp.swapaxes(out, 1, 2)[:, :length]
 
   if qkv_spec is None:  # no mesh: one device

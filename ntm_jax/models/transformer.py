@@ -72,6 +72,7 @@ class TransformerStack(nnx.Module):
     if remat not in _SAVED:
       raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {remat!r}")
     self.depth, self.remat, self.scan = depth, remat, scan
+    self.dtype = dtype
     self.num_heads, self.head_dim = width // head_dim, head_dim
 
     @nnx.split_rngs(splits=depth)
@@ -103,6 +104,10 @@ class TransformerStack(nnx.Module):
     def body(h, layer, key):
       return layer(h, mask, key), None
 
+    # The residual stream in the compute dtype (bfloat16 on the TPU presets): float32 embedding tables would
+    # otherwise promote it, doubling the bytes every layer moves.
+    x_BxLxD = x_BxLxD.astype(self.dtype or x_BxLxD.dtype)
+
     if self.remat != "none":
       # Inside scan the loop already keeps XLA from merging the recomputation away (jax's advice).
       body = jax.checkpoint(body, policy=_SAVED[self.remat], prevent_cse=not self.scan)
@@ -126,7 +131,7 @@ class TransformerStack(nnx.Module):
       h, cache = carry
       return layer.decode(h, cache, index, start, mask_SxL), None
 
-    (out, cache), _ = self._scan(body, (x_BxSxD, cache), jnp.arange(self.depth))
+    (out, cache), _ = self._scan(body, (x_BxSxD.astype(self.dtype or x_BxSxD.dtype), cache), jnp.arange(self.depth))
     return out, cache
 
 
