@@ -91,9 +91,10 @@ def test_splash_runs_per_shard_on_a_mesh_and_matches_one_device():
   spec = NamedSharding(mesh, mesh_lib.logical_to_spec(("batch", "tokens", "heads", "head_dim"), q.shape, mesh))
   assert spec.spec[0] is not None and spec.spec[2] is not None, "the test must split examples and heads"
   with mesh_lib.use(mesh):
-    sharded = jax.jit(lambda q, k, v, ids: attention.attend(
-        q, k, v, attention.Mask(mask.allowed, ids), "splash"))(*jax.device_put((q, k, v), spec),
-                                                             mask.segment_ids)
+    per_shard = jax.jit(lambda q, k, v, ids: attention.attend(q, k, v, attention.Mask(mask.allowed, ids), "splash"))
+    inputs = (*jax.device_put((q, k, v), spec), mask.segment_ids)
+    assert "manual_computation" in per_shard.lower(*inputs).as_text()  # a shard_map, not a gathered kernel
+    sharded = per_shard(*inputs)
   np.testing.assert_allclose(sharded, want, atol=1e-6, rtol=0)
 
 
