@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABSL_INFO = re.compile(r"^I\d{4} ", re.M)  # absl's INFO prefix: I<month><day> <time>
 
@@ -19,6 +21,7 @@ def train(workdir, data_dir, *flags):
   return done.stdout + done.stderr
 
 
+@pytest.mark.slow  # two full runs of main (about 70 s): kept out of CI's 30 minutes
 def test_the_console_is_quiet_by_default_and_verbose_on_request(tmp_path):
   quiet = train(tmp_path / "quiet", tmp_path / "tfds")
   assert "step 2/2 loss" in quiet and "steps/s | ETA" in quiet and "validation bits/dim" in quiet

@@ -30,6 +30,7 @@ def run_job(num_processes, tmp_path):
   return json.loads(out.read_text())
 
 
+@pytest.mark.slow  # two jax.distributed processes (about 70 s): kept out of CI's 30 minutes
 def test_two_processes_train_exactly_like_one(tmp_path):
   two = run_job(2, tmp_path)
   one = run_job(1, tmp_path)
