@@ -85,10 +85,6 @@ class Mask:
     same = self.segment_ids[:, :, None] == self.segment_ids[:, None, :]
     return (allowed[None] & same)[:, None]
 
-  def density(self) -> float:
-    """The share of (query, key) pairs the static pattern allows (segments aside)."""
-    return float(self.allowed.mean())
-
 
 def resolve(implementation: str) -> str:
   """The implementation "auto" stands for under the current mesh's platform (else the default backend)."""
@@ -151,7 +147,7 @@ def _block(padded: int) -> int:
   return next(b for b in (512, 256, SPLASH_ALIGNMENT) if padded % b == 0)
 
 
-def padded_pattern(allowed: np.ndarray) -> np.ndarray:
+def _padded_pattern(allowed: np.ndarray) -> np.ndarray:
   """`allowed` padded to the kernel's alignment: real queries never see padding; padding sees only padding
   (so its rows are never empty)."""
   length = allowed.shape[0]
@@ -182,7 +178,7 @@ def _splash_kernel(pattern: np.ndarray, num_heads: int, interpret: bool):
 
 def _splash(q, k, v, mask: Mask) -> jax.Array:
   batch, length, num_heads, head_dim = q.shape
-  pattern = padded_pattern(mask.allowed)
+  pattern = _padded_pattern(mask.allowed)
   padded = pattern.shape[0]
   _record_kernel_cost(pattern, batch, num_heads, head_dim, q.dtype)
   segment_ids = mask.segment_ids
