@@ -13,7 +13,7 @@ The base of configs/mnist.py (which changes the data, the model size and the sch
 
 import ml_collections
 
-from ntm_jax.config_args import finish_config, parse_model_arg
+from ntm_jax.config_args import fid_settings, finish_config, parse_model_arg
 
 
 def base_config(args: dict) -> ml_collections.ConfigDict:
@@ -57,6 +57,9 @@ def base_config(args: dict) -> ml_collections.ConfigDict:
   config.sample = dict(num_samples=64, temperature=1.0, guidance_scale=0.0, num_steps=0, seed=0, labels="",
                        denoise=False, use_denoiser=True,
                        inversion="sequential", jacobi_tolerance=1e-4, jacobi_max_iterations=0)
+  # --mode=fid_stats / fid: FID, precision and recall with Inception weights the user brings. digits has 1,797
+  # images, too few for a full-rank covariance of 2,048 features: FID is for larger data sets (mnist, shapes).
+  config.fid = fid_settings()
   # --mode=distill: the light denoiser g(u_0, y) -> x_0 trained on the model's own samples (C.12).
   config.distill = dict(depth=2, width=64, head_dim=32, mlp_ratio=4, attention="auto", num_steps=1000, batch_size=64,
                         learning_rate=1e-3, target="inverse", log_every=100, checkpoint_every=500)

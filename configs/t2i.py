@@ -33,7 +33,7 @@ import os
 
 import ml_collections
 
-from ntm_jax.config_args import finish_config, parse_model_arg
+from ntm_jax.config_args import fid_settings, finish_config, parse_model_arg
 
 _DATA_PARALLEL = {"data": -1, "fsdp": 1, "tensor": 1}
 _FSDP = {"data": 1, "fsdp": -1, "tensor": 1}
@@ -141,6 +141,9 @@ def get_config(arg=None):
                        inversion="sequential", jacobi_tolerance=1e-4, jacobi_max_iterations=0)
   # The GenEval-style shapes evaluation (--mode=judge): prompts per category, samples per prompt.
   config.judge = dict(prompts_per_category=20, samples_per_prompt=4, batch_size=120, guidance_scales="")
+  # --mode=fid_stats / fid: FID, precision and recall with Inception weights the user brings; the samples are
+  # drawn for the captions of fid.split (cycled).
+  config.fid = fid_settings()
   config.distill = dict(depth=4 if on_tpu else 2, width=width, head_dim=head_dim, mlp_ratio=4,
                         attention=args["attention"],
                         num_steps=20_000 if on_tpu else 1000, batch_size=batch_size,

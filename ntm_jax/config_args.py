@@ -71,6 +71,14 @@ def apply_model_variant(model: dict, variant: str, num_classes: int, text_dim=0)
   return model
 
 
+def fid_settings(**overrides) -> dict:
+  """`config.fid`: --mode=fid_stats and --mode=fid (ntm_jax.evaluation.fid documents each key)."""
+  settings = dict(inception_weights="", split="train", reference_images=0, reference="", num_samples=10_000,
+                  batch_size=100, stats_dir="", nearest_k=3, input_size=299)
+  settings.update(overrides)
+  return settings
+
+
 def finish_config(config, args: dict, text_dim=0):
   """Applies the variant (D8 baselines) and `smoke` of `parse_model_arg`'s `args` to a built config."""
   apply_model_variant(config.model, args["variant"], args["num_classes"], text_dim)

@@ -23,7 +23,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with arguments: configs/digits.py:tarflow,steps=2000.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "distill", "compile", "judge", "encode"],
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "distill", "compile", "judge", "encode",
+                                           "fid_stats", "fid"],
                           "train: train (resuming from the workdir) and evaluate; eval: bits/dim of the "
                           "checkpoint chosen by --eval_checkpoint on --eval_split; sample: a PNG grid and an "
                           ".npz of samples from that checkpoint (settings in config.sample); distill: train the "
@@ -31,7 +32,10 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample", "distill"
                           "ahead-of-time compilation for the TPU topology in config.compile (needs libtpu); judge: "
                           "GenEval-style prompt-following scores of a `shapes` text-to-image model (config.judge); "
                           "encode: write the latents of config.data by the autoencoder of config.latent (what a "
-                          "latent model trains on).")
+                          "latent model trains on); fid_stats: Inception statistics of the data set's "
+                          "config.fid.split, computed once and stored; fid: FID, precision and recall of "
+                          "config.fid.num_samples samples against them (Inception weights in "
+                          "config.fid.inception_weights).")
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Call jax.distributed.initialize() first: set by the multi-host launchers in launch/ "
     "(on TPU VMs and GKE it finds the coordinator and the process index itself).")

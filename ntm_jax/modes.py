@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from ntm_jax.evaluation import bits_per_dim, prompt_following
+from ntm_jax.evaluation import bits_per_dim, fid, inception_weights, prompt_following
 from ntm_jax.latents import encode
 from ntm_jax.parallel import checkpoint
 from ntm_jax.parallel import compile as compile_lib
@@ -15,7 +15,8 @@ from ntm_jax.training import compile as training_compile
 
 # Failures a user can meet and fix: printed as one line, without a traceback.
 EXPECTED_ERRORS = (FileNotFoundError, checkpoint.IncompatibleCheckpointError, train.NonFiniteLossError,
-                   compile_lib.CompiledMemoryError, compile_lib.MissingLibtpuError)
+                   compile_lib.CompiledMemoryError, compile_lib.MissingLibtpuError,
+                   inception_weights.InceptionWeightsError, fid.ReferenceStatisticsError, fid.TooFewImagesError)
 # A run stopped by SIGTERM after saving its step (ntm_jax.training.preemption): a message and status 143.
 Preempted, PREEMPTED_EXIT_STATUS = preemption.Preempted, preemption.EXIT_STATUS
 
@@ -74,8 +75,24 @@ def _encode(config, workdir, split, which):
         f"{out['directory']} ({out['seconds']:.0f} s)")
 
 
+def _fid_stats(config, workdir, split, which):
+  del workdir, split, which
+  out = fid.compute_reference_statistics(config)
+  print(f"FID reference statistics of {out['data']} {out['split']} ({out['num_images']} images, Inception "
+        f"weights {out['weights']}) in {out['path']} ({out['seconds']:.0f} s)")
+
+
+def _fid(config, workdir, split, which):
+  del split
+  r = fid.fid_of_checkpoint(config, workdir, which)
+  print(f"FID {r['fid']:.3f}, precision {r['precision']:.3f}, recall {r['recall']:.3f} (k={r['nearest_k']}) of "
+        f"{r['num_samples']} samples of step {r['step']} ({which}), T = {r['num_steps_T']}, guidance "
+        f"{r['guidance_scale']:g}, seed {r['seed']}, against {r['reference_images']} {r['reference_split']} images: "
+        f"{r['json']}")
+
+
 MODES = {"train": _train, "eval": _eval, "sample": _sample, "distill": _distill, "compile": _compile,
-         "judge": _judge, "encode": _encode}
+         "judge": _judge, "encode": _encode, "fid_stats": _fid_stats, "fid": _fid}
 
 
 def run(mode: str, config, workdir: str, eval_split: str = "test", eval_checkpoint: str = "best") -> None:

@@ -3,8 +3,7 @@
 The judge is a small scikit-learn MLP classifier on the pixels (model space, [-1, 1]). It gives
 - accuracy: how often class-conditional samples are classified as the class they were drawn for;
 - Frechet distance between Gaussians fitted to its hidden features of samples and of the held-out split;
-- precision and recall with k-nearest-neighbour manifolds in that feature space (Kynkaanniemi et al. 2019):
-  precision = share of samples inside the real manifold, recall = share of real images inside the samples'.
+- precision and recall with k-nearest-neighbour manifolds in that feature space (ntm_jax.evaluation.frechet).
 The same numbers for the real training images against the held-out split are the reference a perfect
 generator would get (`reference`).
 """
@@ -18,6 +17,7 @@ from sklearn.neural_network import MLPClassifier
 
 from ntm_jax import data
 from ntm_jax.data import dequantization
+from ntm_jax.evaluation.frechet import frechet_distance, precision_recall
 
 
 @dataclasses.dataclass
@@ -46,32 +46,6 @@ def fit_judge(name: str, pixel_levels: int, data_dir: str = "", held_out: str = 
   judge = Judge(classifier, np.zeros((0,)))
   judge.real_features = judge.features(split_images(name, held_out, pixel_levels, data_dir)[0])
   return judge
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-  """||mu_a - mu_b||^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)) between Gaussian fits of two feature sets."""
-  mu_a, mu_b = a.mean(0), b.mean(0)
-  cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-  # tr (C_a C_b)^(1/2) = tr (C_a^(1/2) C_b C_a^(1/2))^(1/2): symmetric PSD throughout, so eigh is stable
-  # even when dead ReLU units make the covariances singular.
-  values, vectors = np.linalg.eigh(cov_a)
-  root_a = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
-  trace_root = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh(root_a @ cov_b @ root_a), 0.0, None)))
-  return float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * trace_root)
-
-
-def _radii(features: np.ndarray, k: int) -> np.ndarray:
-  distances = np.linalg.norm(features[:, None] - features[None], axis=-1)
-  return np.sort(distances, axis=1)[:, k]  # column 0 is the point itself
-
-
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:
-  """k-NN manifold precision (fake inside real) and recall (real inside fake)."""
-  real_radii, fake_radii = _radii(real, k), _radii(fake, k)
-  cross = np.linalg.norm(fake[:, None] - real[None], axis=-1)  # [fake, real]
-  precision = np.mean(np.any(cross <= real_radii[None, :], axis=1))
-  recall = np.mean(np.any(cross.T <= fake_radii[None, :], axis=1))
-  return float(precision), float(recall)
 
 
 def score(judge: Judge, samples: np.ndarray, labels: np.ndarray | None = None) -> dict[str, float]:
