@@ -85,10 +85,10 @@ def _fid_stats(config, workdir, split, which):
 def _fid(config, workdir, split, which):
   del split
   r = fid.fid_of_checkpoint(config, workdir, which)
-  print(f"FID {r['fid']:.3f}, precision {r['precision']:.3f}, recall {r['recall']:.3f} (k={r['nearest_k']}) of "
-        f"{r['num_samples']} samples of step {r['step']} ({which}), T = {r['num_steps_T']}, guidance "
-        f"{r['guidance_scale']:g}, seed {r['seed']}, against {r['reference_images']} {r['reference_split']} images: "
-        f"{r['json']}")
+  steps = f", T = {r['num_steps_T']}" if r["num_steps_T"] else ""  # TarFlow has no T
+  print(f"FID {r['fid']:.3f}, precision {r['precision']:.4f}, recall {r['recall']:.4f} (k={r['nearest_k']}) of "
+        f"{r['num_samples']} samples of step {r['step']} ({which}){steps}, guidance {r['guidance_scale']:g}, "
+        f"seed {r['seed']}, against {r['reference_images']} {r['reference_split']} images: {r['json']}")
 
 
 MODES = {"train": _train, "eval": _eval, "sample": _sample, "distill": _distill, "compile": _compile,
