@@ -77,6 +77,10 @@ def test_reference_statistics_of_another_data_set_resolution_or_network_are_refu
   np.savez(other, images=np.zeros(3))
   with pytest.raises(fid.ReferenceStatisticsError, match="not an FID reference-statistics file"):
     fid.load_reference_statistics(str(other), config, "abc", (8, 8, 1))
+  truncated = tmp_path / "truncated.npz"
+  truncated.write_bytes(open(good, "rb").read()[:5000])  # a copy cut short
+  with pytest.raises(fid.ReferenceStatisticsError, match="not an FID reference-statistics file"):
+    fid.load_reference_statistics(str(truncated), config, "abc", (8, 8, 1))
   with pytest.raises(FileNotFoundError, match="compute them once with .*--mode=fid_stats"):
     fid.load_reference_statistics(str(tmp_path / "missing.npz"), config, "abc", (8, 8, 1))
 

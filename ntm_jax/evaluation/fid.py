@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import zipfile
 
 import jax
 import ml_collections
@@ -150,7 +151,7 @@ def load_reference_statistics(path: str, config: ml_collections.ConfigDict, fing
     with np.load(path) as stored:
       meta = json.loads(str(stored["meta"]))
       statistics = {"mu": stored["mu"], "sigma": stored["sigma"], "features": stored["features"], **meta}
-  except (KeyError, ValueError, OSError) as error:
+  except (KeyError, ValueError, OSError, zipfile.BadZipFile) as error:
     raise ReferenceStatisticsError(f"{path} is not an FID reference-statistics file ({error})") from error
   expected = {"data": config.data.name, "image_shape": list(image_shape), "input_size": config.fid.input_size,
               "weights": fingerprint}
