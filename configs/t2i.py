@@ -43,9 +43,9 @@ _FSDP = {"data": 1, "fsdp": -1, "tensor": 1}
 PRESETS = {
     "cpu": dict(width=128, depth=4, blocks=2, layers_per_block=2, head_dim=32, batch_size=32, mesh=_DATA_PARALLEL,
                 remat="none"),
-    "base": dict(width=768, depth=12, blocks=2, layers_per_block=4, head_dim=64, batch_size=256, mesh=_FSDP,
+    "base": dict(width=768, depth=12, blocks=2, layers_per_block=4, head_dim=128, batch_size=256, mesh=_FSDP,
                  remat="save_matmuls"),
-    "large": dict(width=1024, depth=24, blocks=2, layers_per_block=4, head_dim=64, batch_size=256, mesh=_FSDP,
+    "large": dict(width=1024, depth=24, blocks=2, layers_per_block=4, head_dim=128, batch_size=256, mesh=_FSDP,
                   remat="save_matmuls"),
     "xl": dict(width=2048, depth=28, blocks=2, layers_per_block=4, head_dim=128, batch_size=512, mesh=_FSDP,
                remat="full"),
