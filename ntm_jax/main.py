@@ -57,13 +57,12 @@ def main(argv):
   import jax
   if _DISTRIBUTED.value:
     jax.distributed.initialize()  # must come before anything touches the devices
-  elif _MODE.value != "compile":  # on a host CPU, one device per core (ahead-of-time compiles keep theirs)
-    from ntm_jax.parallel import host_cpu
-    host_cpu.use_cores(host_cpu.config_batch_sizes(_CONFIG.value))
   import tensorflow as tf  # used only by TFDS and the TensorBoard writer: keep it off any accelerator
   tf.config.set_visible_devices([], "GPU")
 
   from ntm_jax import modes
+  if not _DISTRIBUTED.value and _MODE.value != "compile":  # one device per core (ahead-of-time compiles keep theirs)
+    modes.use_host_cores(_CONFIG.value)
   logging.info("ntm_jax %s: workdir %s, process %d of %d, %d devices", _MODE.value, _WORKDIR.value,
                jax.process_index(), jax.process_count(), jax.device_count())
   try:

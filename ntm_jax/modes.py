@@ -9,6 +9,7 @@ from ntm_jax.evaluation import bits_per_dim, fid, inception_weights, prompt_foll
 from ntm_jax.latents import encode
 from ntm_jax.parallel import checkpoint
 from ntm_jax.parallel import compile as compile_lib
+from ntm_jax.parallel import host_cpu
 from ntm_jax.sampling import sampler
 from ntm_jax.training import autoencoder, distill, preemption, train
 from ntm_jax.training import compile as training_compile
@@ -19,6 +20,11 @@ EXPECTED_ERRORS = (FileNotFoundError, checkpoint.IncompatibleCheckpointError, tr
                    inception_weights.InceptionWeightsError, fid.ReferenceStatisticsError, fid.TooFewImagesError)
 # A run stopped by SIGTERM after saving its step (ntm_jax.training.preemption): a message and status 143.
 Preempted, PREEMPTED_EXIT_STATUS = preemption.Preempted, preemption.EXIT_STATUS
+
+
+def use_host_cores(config) -> int | None:
+  """On a host CPU, one jax device per usable core, as many as divide the config's batches (host_cpu)."""
+  return host_cpu.use_cores(host_cpu.config_batch_sizes(config))
 
 
 def _train(config, workdir, split, which):

@@ -4,7 +4,7 @@ XLA:CPU runs one program's operations one after another and spreads only some of
 matmuls) over its threads: on two cores a ntm_jax step kept mostly one busy where PyTorch kept both. With
 one CPU device per core the mesh's `data` axis splits each batch over devices that
 run at once, and the same sharded code that runs on a TPU pod fills the cores: side by side on two cores,
-1.5x the exact log-likelihood's images/s (benchmarks/vs_ml_tarflow.py, README "Speed").
+1.41-1.64x the exact log-likelihood's images/s (benchmarks/vs_ml_tarflow.py, README "Speed").
 
 `use_cores` must run before jax starts its backends (before the first array or `jax.devices()`), which is
 what `python -m ntm_jax.main` does. A device count the user chose (`XLA_FLAGS` with
@@ -29,7 +29,7 @@ def usable_cores() -> int:
 
 def devices_for(batch_sizes: list[int], cores: int) -> int:
   """The most devices, at most `cores`, that divide every batch size (each device takes an equal share)."""
-  common = math.gcd(*batch_sizes) if batch_sizes else 1
+  common = math.gcd(*batch_sizes) if batch_sizes else 0  # no batch: any count divides
   return max(n for n in range(1, max(cores, 1) + 1) if common % n == 0)
 
 
