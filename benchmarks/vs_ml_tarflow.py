@@ -14,8 +14,8 @@ measurement is its own process pinned to the first N cores (N = 1, 2), the two i
 each process warms up (compiles) and reports the median images/s of its timed calls, and the table gives the
 median over --repeats processes. Ours runs as `python -m ntm_jax.main` runs it: one CPU device per core it
 may use, the batch split over them (ntm_jax.parallel.host_cpu); --before adds it on one device, as it ran
-before that, at every thread count above one. Where torch or the checkout is missing, the PyTorch column says why and only
-ours is measured. Prints the table and writes benchmarks/results/vs_ml_tarflow.json.
+before that, at every thread count above one. Where torch or the checkout is missing, the PyTorch column
+says why and only ours is measured. Prints the table and writes benchmarks/results/vs_ml_tarflow.json.
 """
 
 from __future__ import annotations
@@ -61,8 +61,7 @@ def ntm_jax_part(shape: dict, part: str, batch: int, devices: int = 0):
 
   sys.path.insert(0, ROOT)
   from ntm_jax.parallel import host_cpu  # noqa: PLC0415
-  devices = devices or host_cpu.devices_for([batch], host_cpu.usable_cores())
-  jax.config.update("jax_num_cpu_devices", devices)
+  devices = host_cpu.use_cores([batch], cores=devices or None)  # before anything starts jax's backends
   import jax.numpy as jnp  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
 
@@ -198,7 +197,7 @@ def measure_once(implementation: str, shape: str, part: str, threads: int, args)
   if args.ml_tarflow:
     command.append(f"--ml_tarflow={args.ml_tarflow}")
   env = dict(os.environ, OMP_NUM_THREADS=str(threads), JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # one CPU device, as a user runs it
+  env.pop("XLA_FLAGS", None)  # no device count of the caller's: the worker sets its own, as ntm_jax.main does
   cores = sorted(os.sched_getaffinity(0))[:threads]
   done = subprocess.run(command, env=env, capture_output=True, text=True, check=False,
                         preexec_fn=lambda: os.sched_setaffinity(0, cores))

@@ -2,9 +2,9 @@
 
 XLA:CPU runs one program's operations one after another and spreads only some of them (the larger
 matmuls) over its threads: on two cores a ntm_jax step kept mostly one busy where PyTorch kept both. With
-one CPU device per core the mesh's `data` axis splits each batch over devices that
-run at once, and the same sharded code that runs on a TPU pod fills the cores: side by side on two cores,
-1.41-1.64x the exact log-likelihood's images/s (benchmarks/vs_ml_tarflow.py, README "Speed").
+one CPU device per core the mesh's `data` axis splits each batch over devices that run at once, and the
+same sharded code that runs on a TPU pod fills the cores: side by side on two cores, 1.41-1.64x the exact
+log-likelihood's images/s (benchmarks/vs_ml_tarflow.py, README "Speed").
 
 `use_cores` must run before jax starts its backends (before the first array or `jax.devices()`), which is
 what `python -m ntm_jax.main` does. A device count the user chose (`XLA_FLAGS` with
@@ -38,7 +38,7 @@ def config_batch_sizes(config) -> list[int]:
   sizes = []
   for section, key in (("data", "batch_size"), ("eval", "batch_size"), ("sample", "num_samples"),
                        ("distill", "batch_size")):
-    value = config.get(section, {}).get(key) if section in config else None
+    value = config.get(section, {}).get(key)
     if isinstance(value, int) and value > 0:
       sizes.append(value)
   return sizes
