@@ -16,7 +16,9 @@ from ntm_jax.parallel import checkpoint
 from ntm_jax.training import train
 from tests.config_test import load_config
 
-pytestmark = pytest.mark.usefixtures("private_data_dir")
+# One xdist worker runs the whole module (pyproject: --dist=loadgroup), so its trained module fixtures are
+# built once, not once per worker.
+pytestmark = [pytest.mark.usefixtures("private_data_dir"), pytest.mark.xdist_group("api")]
 
 
 @pytest.fixture(scope="module")

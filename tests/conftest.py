@@ -1,10 +1,12 @@
-"""Test setup: 8 simulated CPU devices (set before jax is imported), a persistent compilation cache and a
-float64 fixture."""
+"""Test setup: 8 simulated CPU devices and fast compiles (XLA flags set before jax is imported), a persistent
+compilation cache and a float64 fixture."""
 
 import os
 import tempfile
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from tests.xla_flags_for_tests import EIGHT_DEVICES
+
+os.environ.setdefault("XLA_FLAGS", EIGHT_DEVICES)
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # One persistent XLA compilation cache for the whole run: every xdist worker and every `python -m ntm_jax.main`
 # subprocess a test starts (they inherit the environment). Many tests train, evaluate and sample the same smoke

@@ -8,13 +8,15 @@ import sys
 
 import pytest
 
+from tests.xla_flags_for_tests import FAST_COMPILE
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ABSL_INFO = re.compile(r"^I\d{4} ", re.M)  # absl's INFO prefix: I<month><day> <time>
 
 
 def train(workdir, data_dir, *flags):
   env = dict(os.environ, NTM_JAX_DATA_DIR=str(data_dir), JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env["XLA_FLAGS"] = FAST_COMPILE  # one device
   done = subprocess.run([sys.executable, "-m", "ntm_jax.main", "--config=configs/digits.py:smoke,steps=2",
                          f"--workdir={workdir}", "--config.sample.num_samples=0", *flags],
                         cwd=ROOT, env=env, capture_output=True, text=True, check=True)

@@ -8,6 +8,7 @@ import ml_collections
 
 from ntm_jax.config_args import load_config_file
 from ntm_jax.parallel import host_cpu
+from tests.xla_flags_for_tests import FAST_COMPILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,8 +36,8 @@ def test_the_test_run_keeps_its_own_device_count():
 
 
 def _devices_in_fresh_process(code: str, env_extra: dict) -> str:
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(JAX_PLATFORMS="cpu", **env_extra)
+  env = dict(os.environ, XLA_FLAGS=FAST_COMPILE, JAX_PLATFORMS="cpu")  # no device count of the test run's
+  env.update(env_extra)
   done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                         timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-3000:]

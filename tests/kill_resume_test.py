@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.train_test import final_params
+from tests.xla_flags_for_tests import FAST_COMPILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -24,7 +25,7 @@ def command(workdir):
 
 def environment(data_dir):
   env = dict(os.environ, NTM_JAX_DATA_DIR=str(data_dir), JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)  # one device, as a user's run
+  env["XLA_FLAGS"] = FAST_COMPILE  # one device, as a user's run
   return env
 
 
