@@ -60,7 +60,7 @@ def main():
       common.write_json(args.out, rows)
   print(f"\n{'size':6s} {'params':>8s} {'topology':10s} {'mesh':14s} {'attention':9s} {'batch':>5s} {'GiB/chip':>9s} "
         f"{'TFLOP/chip':>10s} {'HBM GB':>7s} {'model TF':>9s} {'ms@peak':>8s} {'MFU bound':>9s} {'model MFU':>9s} "
-        f"{'sampler GiB':>11s} {'sampler ms':>10s}")
+        f"{'plan HBM GB':>11s} {'plan model MFU':>14s} {'sampler GiB':>11s} {'sampler ms':>10s}")
   bound = lambda value: f"{'n/a':>9s}" if value is None else f"{value:9.2f}"  # noqa: E731
   for r in rows:
     if "error" in r:
@@ -74,9 +74,12 @@ def main():
           f"{r['batch_size']:5d} {train_step['per_chip_gib']:9.2f} {train_step['tflops_per_chip']:10.2f} "
           f"{train_step['hbm_gb_per_chip']:7.1f} {train_step['model_tflops_per_chip']:9.2f} "
           f"{train_step['step_ms_at_peak']:8.1f} {bound(train_step['mfu_bound'])} "
-          f"{bound(train_step['model_mfu_bound'])} {sampler_columns}")
+          f"{bound(train_step['model_mfu_bound'])} {train_step['planned_hbm_gb_per_chip']:11.1f} "
+          f"{bound(train_step['planned_model_mfu_bound']):>14s} {sampler_columns}")
   print("TFLOP/chip, HBM GB, ms@peak, MFU bound: XLA's counts (plus the attention kernels' estimate); model TF, "
-        "model MFU: the architecture's FLOPs (no masked attention, no remat); sampler ms: its model FLOPs at peak, "
+        "model MFU: the architecture's FLOPs (no masked attention, no remat); plan HBM GB, plan model MFU: the HBM "
+        "traffic of the compiler's memory-space plan (VMEM-resident operands left out) and the model-FLOPs bound "
+        "from it; sampler ms: its model FLOPs at peak, "
         "every loop iteration")
 
 

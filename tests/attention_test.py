@@ -160,6 +160,19 @@ def test_splash_kernel_cost_counts_only_the_tiles_its_mask_visits():
     assert cost.calls == 1 and cost.flops == 2 * 2 * 2 * HEADS * tiles * 128 * 128 * HEAD_DIM
 
 
+def test_the_backward_kernel_cost_counts_dq_once_per_key_block():
+  """The fused backward writes a partial dq for each key block (XLA then sums them): the estimate moves them."""
+  q, k, v = _qkv(384)  # three key blocks of 128
+  costs = {}
+  for backward in (False, True):
+    with attention.kernel_costs(backward=backward) as costs[backward]:
+      jax.eval_shape(lambda q, k, v: attention.attend(q, k, v, attention.Mask.full(384), "splash"), q, k, v)
+  # Per example and head, in float32 elements: the backward reads each visited tile's keys and values again,
+  # passes dO, dq, dk, dv, the output and q once more, and writes a [L, K] dq for each of the 3 key blocks.
+  extra = 9 * 128 * 2 * HEAD_DIM + 5 * 384 * HEAD_DIM + 3 * 384 * HEAD_DIM
+  assert costs[True].hbm_bytes - costs[False].hbm_bytes == 2 * HEADS * 4 * extra
+
+
 def test_the_kernel_cost_counts_every_layer_of_a_stack(x64):
   """A stack traces its layer once (scanned or unrolled) but runs it `depth` times: so does the estimate."""
   model = helpers.tiny_model(0, num_steps=2, depth=3, attention="splash")

@@ -36,7 +36,11 @@ def test_compiles_train_step_and_sampler_for_this_machines_devices():
   # XLA counts the inversion's loop body once: no roofline bound from its counts, the model FLOPs' time instead.
   assert sampler["mfu_bound"] is None and sampler["model_step_ms_at_peak"] > 0
   assert 0 < train_step["model_mfu_bound"] <= train_step["mfu_bound"]
-  assert "train step" in compile_lib.format_report(report)
+  # No memory spaces on a CPU: the plan's traffic is every operand's, and its bounds exist where XLA's do.
+  assert train_step["planned_hbm_gb_per_chip"] > 0 and train_step["planned_vmem_gb_per_chip"] == 0
+  assert 0 < train_step["planned_model_mfu_bound"] <= train_step["planned_mfu_bound"] <= 1
+  assert sampler["planned_mfu_bound"] is None
+  assert "after memory-space assignment" in compile_lib.format_report(report)
 
 
 @needs_libtpu
@@ -49,6 +53,10 @@ def test_compiles_train_step_and_sampler_for_a_tpu_topology():
     assert program["tflops_per_chip"] > 0 and program["model_tflops_per_chip"] > 0
   assert 0 < train_step["model_mfu_bound"] <= train_step["mfu_bound"] <= 1  # smoke: unrolled layers
   assert sampler["mfu_bound"] is None and sampler["model_mfu_bound"] is None  # its inversion is a loop
+  # The TPU compiler keeps operands in VMEM: what crosses HBM is less than XLA's count, so the bound is higher.
+  assert 0 < train_step["planned_hbm_gb_per_chip"] < train_step["hbm_gb_per_chip"]
+  assert train_step["planned_vmem_gb_per_chip"] > 0
+  assert train_step["mfu_bound"] <= train_step["planned_mfu_bound"] <= 1
   assert "train step" in compile_lib.format_report(report)
 
 

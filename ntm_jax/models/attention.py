@@ -280,5 +280,8 @@ def _record_kernel_cost(pattern: np.ndarray, batch: int, num_heads: int, head_di
   itemsize = jnp.dtype(dtype).itemsize
   key_reads = float(tiles.sum()) * block * 2 * head_dim
   once = padded * head_dim * (2 if not cost.backward else 7)
-  cost.hbm_bytes += batch * num_heads * itemsize * (key_reads * (2 if cost.backward else 1) + once) * cost.repeats
+  # The fused backward writes dq once per key block, and XLA sums the partials.
+  dq_partials = padded * head_dim * (padded // block) if cost.backward else 0
+  cost.hbm_bytes += (batch * num_heads * itemsize * (key_reads * (2 if cost.backward else 1) + once + dq_partials)
+                     * cost.repeats)
   cost.calls += cost.repeats
