@@ -30,6 +30,8 @@ def _masks():
       "within_block": attention.Mask.block_causal(3, 5, within_block_only=True),
       "full": attention.Mask.full(9),
       "block_causal_with_caption": attention.Mask.block_causal(3, 5).with_prefix(prefix_valid),
+      # 364 tokens, padded to 384: splash's forward and backward tiles differ (384 x 128, 128 x 384).
+      "long_block_causal_with_caption": attention.Mask.block_causal(3, 120).with_prefix(prefix_valid),
   }
 
 
@@ -152,25 +154,32 @@ def test_auto_picks_by_platform_and_unknown_names_are_refused(monkeypatch):
 
 def test_splash_kernel_cost_counts_only_the_tiles_its_mask_visits():
   """The compile report adds the kernels' cost (XLA counts a Pallas call as nothing): computed tiles only."""
-  q, k, v = _qkv(384)  # three 128-token tiles a side
-  for mask, tiles in ((attention.Mask.full(384), 9), (attention.Mask.block_causal(3, 128), 6)):
+  q, k, v = _qkv(1152)  # nine 128-token blocks: the forward's tiles are 384 queries x 128 keys
+  for mask, tiles in ((attention.Mask.full(1152), 27), (attention.Mask.block_causal(9, 128), 3 + 6 + 9)):
     with attention.kernel_costs(backward=False) as cost:
       jax.eval_shape(lambda q, k, v, mask=mask: attention.attend(q, k, v, mask, "splash"), q, k, v)
     # 2 matmuls of 2 FLOPs per multiply-add, per computed (query, key) pair, head and example.
-    assert cost.calls == 1 and cost.flops == 2 * 2 * 2 * HEADS * tiles * 128 * 128 * HEAD_DIM
+    assert cost.calls == 1 and cost.flops == 2 * 2 * 2 * HEADS * tiles * 384 * 128 * HEAD_DIM
+
+
+def test_splash_tiles_put_the_wide_side_outside_each_pass():
+  tiles = attention.SplashTiles.for_length(1152)
+  assert (tiles.forward_q, tiles.forward_kv, tiles.backward_q, tiles.backward_kv) == (384, 128, 128, 384)
+  assert attention.SplashTiles.for_length(256) == attention.SplashTiles(256, 256, 256, 256)
 
 
 def test_the_backward_kernel_cost_counts_dq_once_per_key_block():
-  """The fused backward writes a partial dq for each key block (XLA then sums them): the estimate moves them."""
-  q, k, v = _qkv(384)  # three key blocks of 128
+  """The fused backward writes a partial dq for each key tile (XLA then sums them): the estimate moves them."""
+  q, k, v = _qkv(1152)  # the backward's tiles: 128 queries x 384 keys, 3 key tiles
   costs = {}
   for backward in (False, True):
     with attention.kernel_costs(backward=backward) as costs[backward]:
-      jax.eval_shape(lambda q, k, v: attention.attend(q, k, v, attention.Mask.full(384), "splash"), q, k, v)
-  # Per example and head, in float32 elements: the backward reads each visited tile's keys and values again,
-  # passes dO, dq, dk, dv, the output and q once more, and writes a [L, K] dq for each of the 3 key blocks.
-  extra = 9 * 128 * 2 * HEAD_DIM + 5 * 384 * HEAD_DIM + 3 * 384 * HEAD_DIM
+      jax.eval_shape(lambda q, k, v: attention.attend(q, k, v, attention.Mask.full(1152), "splash"), q, k, v)
+  # Per example and head, in float32 elements: the backward reads the query and output-gradient blocks of
+  # each of its 27 tiles, passes q, k, v, the output, dk and dv once, and writes a [L, K] dq per key tile.
+  extra = 27 * 128 * 2 * HEAD_DIM + 5 * 1152 * HEAD_DIM + 3 * 1152 * HEAD_DIM
   assert costs[True].hbm_bytes - costs[False].hbm_bytes == 2 * HEADS * 4 * extra
+  assert costs[True].flops - costs[False].flops == 2 * 5 * 2 * HEADS * 1152 * 1152 * HEAD_DIM
 
 
 def test_the_kernel_cost_counts_every_layer_of_a_stack(x64):

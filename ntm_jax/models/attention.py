@@ -143,8 +143,31 @@ def _padded_length(length: int) -> int:
 
 
 def _block(padded: int) -> int:
-  """The largest tile (up to 512, TPU-friendly) that divides the padded length."""
+  """The largest tile of 512, 256 or 128 that divides the padded length."""
   return next(b for b in (512, 256, SPLASH_ALIGNMENT) if padded % b == 0)
+
+
+def _wide_block(padded: int) -> int:
+  """The largest multiple of 128 up to 512 that divides the padded length (384 for the predictor's 1,152)."""
+  return next(b for b in range(512, 0, -SPLASH_ALIGNMENT) if padded % b == 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplashTiles:
+  """Query and key tile sizes of the forward pass and of the fused backward. A pass re-reads the operands of
+  its inner loop once per outer tile: the forward reads keys and values once per query tile, the backward
+  reads queries and output gradients once per key tile and writes a partial dq per key tile. So the wide
+  tile goes on the outer side of each pass; the inner side stays narrow, to skip masked tiles finely."""
+
+  forward_q: int
+  forward_kv: int
+  backward_q: int
+  backward_kv: int
+
+  @classmethod
+  def for_length(cls, padded: int) -> SplashTiles:
+    wide, narrow = _wide_block(padded), _block(padded)
+    return cls(forward_q=wide, forward_kv=narrow, backward_q=narrow, backward_kv=wide)
 
 
 def _padded_pattern(allowed: np.ndarray) -> np.ndarray:
@@ -169,9 +192,12 @@ def _splash_kernel(pattern: np.ndarray, num_heads: int, interpret: bool):
   """The kernel for one static pattern. Made inside the trace that runs it: its tile tables are staged into
   that trace (a kernel cached across traces would carry another trace's values)."""
   kernel_lib, mask_lib = _splash_modules()
-  block = _block(pattern.shape[0])
-  sizes = kernel_lib.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
-                                block_kv_dkv=block, block_kv_dkv_compute=block, use_fused_bwd_kernel=True)
+  tiles = SplashTiles.for_length(pattern.shape[0])
+  sizes = kernel_lib.BlockSizes(block_q=tiles.forward_q, block_kv=tiles.forward_kv,
+                                block_kv_compute=tiles.forward_kv, block_q_dkv=tiles.backward_q,
+                                block_kv_dkv=tiles.backward_kv,
+                                block_kv_dkv_compute=math.gcd(tiles.backward_q, tiles.backward_kv),
+                                use_fused_bwd_kernel=True)
   heads = mask_lib.MultiHeadMask([mask_lib.NumpyMask(pattern)] * num_heads)
   return kernel_lib.make_splash_mha(heads, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
 
@@ -265,23 +291,32 @@ def kernel_costs(backward: bool):
     _LEDGER.reset(token)
 
 
+def _visited(pattern: np.ndarray, block_q: int, block_kv: int) -> np.ndarray:
+  """[query tiles, key tiles]: the tiles a kernel visits (any allowed pair in them)."""
+  padded = pattern.shape[0]
+  return pattern.reshape(padded // block_q, block_q, padded // block_kv, block_kv).any(axis=(1, 3))
+
+
 def _record_kernel_cost(pattern: np.ndarray, batch: int, num_heads: int, head_dim: int, dtype) -> None:
   cost = _LEDGER.get()
   if cost is None:
     return
   padded = pattern.shape[0]
-  block = _block(padded)
-  tiles = pattern.reshape(padded // block, block, padded // block, block).any(axis=(1, 3))
-  computed_pairs = float(tiles.sum()) * block * block  # the kernel computes every pair of a tile it visits
-  matmuls = _FORWARD_MATMULS + (_BACKWARD_MATMULS if cost.backward else 0)
-  cost.flops += 2.0 * matmuls * batch * num_heads * computed_pairs * head_dim * cost.repeats
-  # Each visited tile reads its key and value blocks; queries and outputs pass once (the backward also
-  # reads the output gradient and writes dq, dk, dv).
+  tiles = SplashTiles.for_length(padded)
   itemsize = jnp.dtype(dtype).itemsize
-  key_reads = float(tiles.sum()) * block * 2 * head_dim
-  once = padded * head_dim * (2 if not cost.backward else 7)
-  # The fused backward writes dq once per key block, and XLA sums the partials.
-  dq_partials = padded * head_dim * (padded // block) if cost.backward else 0
-  cost.hbm_bytes += (batch * num_heads * itemsize * (key_reads * (2 if cost.backward else 1) + once + dq_partials)
-                     * cost.repeats)
+  per_head = batch * num_heads * cost.repeats
+  # The kernel computes every pair of a tile it visits. The forward reads each visited tile's key and value
+  # blocks and passes queries and outputs once.
+  forward = _visited(pattern, tiles.forward_q, tiles.forward_kv).sum()
+  flops = _FORWARD_MATMULS * forward * tiles.forward_q * tiles.forward_kv
+  elements = forward * tiles.forward_kv * 2 * head_dim + 2 * padded * head_dim
+  if cost.backward:
+    # The fused backward reads each visited tile's query and output-gradient blocks, passes q, k, v, the
+    # output, dk and dv once, and writes a partial dq per key tile, which XLA then sums.
+    backward = _visited(pattern, tiles.backward_q, tiles.backward_kv).sum()
+    flops += _BACKWARD_MATMULS * backward * tiles.backward_q * tiles.backward_kv
+    elements += (backward * tiles.backward_q * 2 * head_dim + 5 * padded * head_dim
+                 + padded // tiles.backward_kv * padded * head_dim)
+  cost.flops += 2.0 * flops * head_dim * per_head
+  cost.hbm_bytes += float(elements) * itemsize * per_head
   cost.calls += cost.repeats
