@@ -176,7 +176,8 @@ def test_the_backward_kernel_cost_counts_dq_once_per_key_block():
     with attention.kernel_costs(backward=backward) as costs[backward]:
       jax.eval_shape(lambda q, k, v: attention.attend(q, k, v, attention.Mask.full(1152), "splash"), q, k, v)
   # Per example and head, in float32 elements: the backward reads the query and output-gradient blocks of
-  # each of its 27 tiles, passes q, k, v, the output, dk and dv once, and writes a [L, K] dq per key tile.
+  # each of its 27 tiles, passes k, v, dk, dv and the log-sum-exp and di rows (one [L, K] in all) once, and
+  # writes a [L, K] dq per key tile.
   extra = 27 * 128 * 2 * HEAD_DIM + 5 * 1152 * HEAD_DIM + 3 * 1152 * HEAD_DIM
   assert costs[True].hbm_bytes - costs[False].hbm_bytes == 2 * HEADS * 4 * extra
   assert costs[True].flops - costs[False].flops == 2 * 5 * 2 * HEADS * 1152 * 1152 * HEAD_DIM

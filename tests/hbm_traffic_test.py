@@ -61,3 +61,56 @@ def test_a_copy_between_two_hbm_buffers_counts_both_ends():
 def test_text_without_an_entry_is_refused():
   with pytest.raises(ValueError, match="no ENTRY computation"):
     hbm_traffic.estimate("HloModule empty\n")
+
+
+# More of the rules: a slice into VMEM, copies out of and within VMEM, an asynchronous all-gather, a call,
+# a conditional (its largest branch), a loop of unknown trip count (once), and metadata whose closing brace
+# stands alone on its line.
+RULES = """HloModule jit_rules, is_scheduled=true
+
+%small (p: f32[256]) -> f32[256] {
+  %p = f32[256]{0} parameter(0)
+  ROOT %n = f32[256]{0} negate(%p)
+}
+
+%big (p: f32[256]) -> f32[1024] {
+  %p = f32[256]{0} parameter(0)
+  ROOT %b = f32[1024]{0} broadcast(%p), dimensions={}
+}
+
+%loop_body (x: f32[256]) -> f32[256] {
+  %x = f32[256]{0} parameter(0)
+  ROOT %y = f32[256]{0} negate(%x)
+}
+
+ENTRY %main (a: f32[1024], b: f32[256], i: s32[]) -> f32[256] {
+  %a = f32[1024]{0} parameter(0)
+  %b = f32[256]{0} parameter(1)
+  %i = s32[] parameter(2)
+  %slice-start.1 = ((f32[1024]{0}), f32[256]{0:S(1)}, s32[]{:S(2)}) slice-start(%a), slice={[0:256]}
+  %slice-done.1 = f32[256]{0:S(1)} slice-done(%slice-start.1)
+  %copy-start.2 = (f32[256]{0:S(1)}, f32[256]{0}, u32[]{:S(2)}) copy-start(%slice-done.1)
+  %copy-done.2 = f32[256]{0} copy-done(%copy-start.2)
+  %copy-start.3 = (f32[256]{0:S(1)}, f32[256]{0:S(1)}, u32[]{:S(2)}) copy-start(%slice-done.1)
+  %copy-done.3 = f32[256]{0:S(1)} copy-done(%copy-start.3)
+  %all-gather-start = (f32[256]{0}, f32[1024]{0}) all-gather-start(%b), dimensions={0}, frontend_attributes={a={
+"b":"c"
+}
+}
+  %all-gather-done = f32[1024]{0} all-gather-done(%all-gather-start)
+  %called = f32[256]{0} call(%b), to_apply=%small
+  %branch = f32[1024]{0} conditional(%i, %b, %b), branch_computations={%small, %big}
+  %loop = f32[256]{0} while(%b), condition=%cond, body=%loop_body
+  ROOT %out = f32[256]{0} negate(%copy-done.3)
+}
+"""
+
+
+def test_async_ops_calls_conditionals_and_loops():
+  traffic = hbm_traffic.estimate(RULES)
+  # Into VMEM 1 KiB, out of it 1 KiB, within it nothing.
+  assert traffic.async_bytes == 2 * KIB
+  # The all-gather once at its done: 1 KiB in, 4 KiB out; the call 2 KiB; the larger branch 1 + 4 KiB;
+  # the loop of unknown trip count once, 2 KiB; the root reads VMEM and writes 1 KiB.
+  assert traffic.hbm_bytes == (2 + 5 + 2 + 5 + 2 + 1) * KIB
+  assert traffic.vmem_bytes == 1 * KIB  # the root's VMEM operand

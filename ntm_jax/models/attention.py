@@ -196,6 +196,7 @@ def _splash_kernel(pattern: np.ndarray, num_heads: int, interpret: bool):
   sizes = kernel_lib.BlockSizes(block_q=tiles.forward_q, block_kv=tiles.forward_kv,
                                 block_kv_compute=tiles.forward_kv, block_q_dkv=tiles.backward_q,
                                 block_kv_dkv=tiles.backward_kv,
+                                # it must divide the key tile (384 and 256 make 128)
                                 block_kv_dkv_compute=math.gcd(tiles.backward_q, tiles.backward_kv),
                                 use_fused_bwd_kernel=True)
   heads = mask_lib.MultiHeadMask([mask_lib.NumpyMask(pattern)] * num_heads)
@@ -311,8 +312,9 @@ def _record_kernel_cost(pattern: np.ndarray, batch: int, num_heads: int, head_di
   flops = _FORWARD_MATMULS * forward * tiles.forward_q * tiles.forward_kv
   elements = forward * tiles.forward_kv * 2 * head_dim + 2 * padded * head_dim
   if cost.backward:
-    # The fused backward reads each visited tile's query and output-gradient blocks, passes q, k, v, the
-    # output, dk and dv once, and writes a partial dq per key tile, which XLA then sums.
+    # The fused backward reads each visited tile's query and output-gradient blocks, reads k and v and
+    # writes dk and dv once, reads each visited tile's log-sum-exp and di rows (about one more [L, K] pass at
+    # these sizes: counted as one), and writes a partial dq per key tile, which XLA then sums.
     backward = _visited(pattern, tiles.backward_q, tiles.backward_kv).sum()
     flops += _BACKWARD_MATMULS * backward * tiles.backward_q * tiles.backward_kv
     elements += (backward * tiles.backward_q * 2 * head_dim + 5 * padded * head_dim

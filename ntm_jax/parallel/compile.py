@@ -6,8 +6,9 @@ exactly as a pod would run it. Topology "cpu" compiles for this machine's own de
 figures), so the same path runs in CI without libtpu. From each compiled program it reports, per chip:
 argument, temporary and output memory, FLOPs and HBM bytes per step, the step time at the chip's peak FLOP/s,
 and the roofline MFU bound (compute time over the larger of compute and HBM time; communication is not in
-it), from XLA's byte count and again from the HBM traffic of the compiler's memory-space plan. A program that needs more memory than the chip's HBM is an error naming the numbers. What to compile
-(the train step, the sampler) is chosen by ntm_jax.training.compile.
+it), from XLA's byte count and again from the HBM traffic of the compiler's memory-space plan. A program
+that needs more memory than the chip's HBM is an error naming the numbers. What to compile (the train step,
+the sampler) is chosen by ntm_jax.training.compile.
 """
 from __future__ import annotations
 
@@ -93,7 +94,7 @@ def program_report(compiled, chip: Chip, name: str, model_flops: float = 0.0, wh
   planned = hbm_traffic.estimate(compiled.as_text())
   planned_hbm = planned.hbm_bytes + kernel_hbm_bytes
   planned_memory_s = planned_hbm / chip.hbm_bytes_per_s
-  bounded = bool(flops and whole_counts)
+  has_bound = bool(flops and whole_counts)  # only counts of the whole program give a roofline bound
   return {
       "program": name,
       "argument_gib": memory.argument_size_in_bytes / GiB,
@@ -107,22 +108,22 @@ def program_report(compiled, chip: Chip, name: str, model_flops: float = 0.0, wh
       "kernel_tflops_per_chip": kernel_flops / 1e12,  # included in the two above
       "kernel_hbm_gb_per_chip": kernel_hbm_bytes / 1e9,
       "step_ms_at_peak": 1e3 * compute_s,
-      "mfu_bound": compute_s / max(compute_s, memory_s) if bounded else None,
+      "mfu_bound": compute_s / max(compute_s, memory_s) if has_bound else None,
       "xla_counts_whole_program": whole_counts,
       # The model's own work (no masked attention, no remat recompute, every loop iteration) at peak, and
       # the share of the roofline time it can fill: the MFU that maxtext and maxdiffusion report, bounded.
       "model_tflops_per_chip": model_flops / 1e12,
       "model_step_ms_at_peak": 1e3 * model_flops / chip.peak_flops,
       "model_mfu_bound": (model_flops / chip.peak_flops / max(compute_s, memory_s)
-                          if model_flops and bounded else None),
+                          if model_flops and has_bound else None),
       # The same bounds with the HBM traffic of the compiler's memory-space plan (ntm_jax.parallel.hbm_traffic;
       # kernels' estimate included): an estimate from the plan, not a profile, so the bounds above stay the
       # conservative ones.
       "planned_hbm_gb_per_chip": planned_hbm / 1e9,
       "planned_vmem_gb_per_chip": planned.vmem_bytes / 1e9,
-      "planned_mfu_bound": compute_s / max(compute_s, planned_memory_s) if bounded else None,
+      "planned_mfu_bound": compute_s / max(compute_s, planned_memory_s) if has_bound else None,
       "planned_model_mfu_bound": (model_flops / chip.peak_flops / max(compute_s, planned_memory_s)
-                                  if model_flops and bounded else None),
+                                  if model_flops and has_bound else None),
   }
 
 
