@@ -6,9 +6,9 @@ memory space `S(1)`) and moves data between the two with asynchronous copies and
 counts what crosses HBM: the operands and results of each top-level op that are in the default memory
 space (an asynchronous op once, at its done), each asynchronous copy or slice between HBM and VMEM once at
 its size (twice from HBM to HBM), loop bodies as many times as their known trip count (once where it is not
-known) and the largest branch of a conditional. Pallas kernels are left out: the attention kernels' own estimate
-(ntm_jax.models.attention) stands for them. Like XLA's count it takes each HBM operand as read once; it is
-an estimate from the compiler's plan, not a profile of a chip.
+known) and the largest branch of a conditional. Pallas kernels are left out: the attention kernels' own
+estimate (ntm_jax.models.attention) stands for them. Like XLA's count it takes each HBM operand as read
+once; it is an estimate from the compiler's plan, not a profile of a chip.
 """
 
 from __future__ import annotations
