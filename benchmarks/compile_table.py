@@ -62,6 +62,7 @@ def main():
         f"{'TFLOP/chip':>10s} {'HBM GB':>7s} {'model TF':>9s} {'ms@peak':>8s} {'MFU bound':>9s} {'model MFU':>9s} "
         f"{'plan HBM GB':>11s} {'plan model MFU':>14s} {'sampler GiB':>11s} {'sampler ms':>10s}")
   bound = lambda value: f"{'n/a':>9s}" if value is None else f"{value:9.2f}"  # noqa: E731
+  gb = lambda value: f"{'n/a':>11s}" if value is None else f"{value:11.1f}"  # noqa: E731
   for r in rows:
     if "error" in r:
       print(f"{r['size']:6s} {'':8s} {r['topology']:10s} does not fit: {r['error'][:80]}")
@@ -74,7 +75,7 @@ def main():
           f"{r['batch_size']:5d} {train_step['per_chip_gib']:9.2f} {train_step['tflops_per_chip']:10.2f} "
           f"{train_step['hbm_gb_per_chip']:7.1f} {train_step['model_tflops_per_chip']:9.2f} "
           f"{train_step['step_ms_at_peak']:8.1f} {bound(train_step['mfu_bound'])} "
-          f"{bound(train_step['model_mfu_bound'])} {train_step['planned_hbm_gb_per_chip']:11.1f} "
+          f"{bound(train_step['model_mfu_bound'])} {gb(train_step['planned_hbm_gb_per_chip'])} "
           f"{bound(train_step['planned_model_mfu_bound']):>14s} {sampler_columns}")
   print("TFLOP/chip, HBM GB, ms@peak, MFU bound: XLA's counts (plus the attention kernels' estimate); model TF, "
         "model MFU: the architecture's FLOPs (no masked attention, no remat); plan HBM GB, plan model MFU: the HBM "

@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from ntm_jax.parallel import compile as compile_lib
@@ -127,3 +128,21 @@ def test_missing_libtpu_is_a_clear_error(monkeypatch):
   monkeypatch.setitem(sys.modules, "libtpu", None)  # what `import libtpu` sees when it is not installed
   with pytest.raises(compile_lib.MissingLibtpuError, match=r"needs libtpu: pip install .*\[tpu\]"):
     compile_lib.topology_devices("v5e:2x2")
+
+
+def test_a_module_xla_cannot_print_back_gives_no_planned_traffic_but_a_report():
+  """XLA refuses to print some large compiled modules (a RET_CHECK on asynchronous ops): the report goes on."""
+  compiled = jax.jit(lambda x: x * 2).lower(jax.numpy.ones(4)).compile()
+
+  class Unprintable:
+    memory_analysis, cost_analysis = compiled.memory_analysis, compiled.cost_analysis
+
+    def as_text(self):
+      raise jax.errors.JaxRuntimeError("INTERNAL: RET_CHECK failure ... Async done requires its operand")
+
+  program = compile_lib.program_report(Unprintable(), compile_lib.chip_of("cpu"), "step", model_flops=1.0)
+  assert program["planned_hbm_gb_per_chip"] is None and program["planned_model_mfu_bound"] is None
+  assert program["mfu_bound"] is not None
+  report = {"topology": "cpu", "num_slices": 1, "chips": 1, "mesh": {}, "parameters": 0, "batch_size": 1,
+            "programs": [program | {"compile_s": 0.0}]}
+  assert "n/a (XLA could not print the compiled module)" in compile_lib.format_report(report)

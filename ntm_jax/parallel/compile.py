@@ -91,10 +91,11 @@ def program_report(compiled, chip: Chip, name: str, model_flops: float = 0.0, wh
               - memory.alias_size_in_bytes)
   compute_s, memory_s = flops / chip.peak_flops, hbm / chip.hbm_bytes_per_s
   # XLA's byte count takes every operand as HBM traffic; the compiler's plan keeps many in VMEM.
-  planned = hbm_traffic.estimate(compiled.as_text())
-  planned_hbm = planned.hbm_bytes + kernel_hbm_bytes
-  planned_memory_s = planned_hbm / chip.hbm_bytes_per_s
+  planned = _planned_traffic(compiled)
+  planned_hbm = None if planned is None else planned.hbm_bytes + kernel_hbm_bytes
   has_bound = bool(flops and whole_counts)  # only counts of the whole program give a roofline bound
+  planned_bound = has_bound and planned is not None
+  planned_memory_s = planned_hbm / chip.hbm_bytes_per_s if planned_bound else 0.0
   return {
       "program": name,
       "argument_gib": memory.argument_size_in_bytes / GiB,
@@ -119,12 +120,22 @@ def program_report(compiled, chip: Chip, name: str, model_flops: float = 0.0, wh
       # The same bounds with the HBM traffic of the compiler's memory-space plan (ntm_jax.parallel.hbm_traffic;
       # kernels' estimate included): an estimate from the plan, not a profile, so the bounds above stay the
       # conservative ones.
-      "planned_hbm_gb_per_chip": planned_hbm / 1e9,
-      "planned_vmem_gb_per_chip": planned.vmem_bytes / 1e9,
-      "planned_mfu_bound": compute_s / max(compute_s, planned_memory_s) if has_bound else None,
+      "planned_hbm_gb_per_chip": None if planned is None else planned_hbm / 1e9,
+      "planned_vmem_gb_per_chip": None if planned is None else planned.vmem_bytes / 1e9,
+      "planned_mfu_bound": compute_s / max(compute_s, planned_memory_s) if planned_bound else None,
       "planned_model_mfu_bound": (model_flops / chip.peak_flops / max(compute_s, planned_memory_s)
-                                  if model_flops and has_bound else None),
+                                  if model_flops and planned_bound else None),
   }
+
+
+def _planned_traffic(compiled) -> hbm_traffic.Traffic | None:
+  """The plan's HBM traffic, or None where XLA cannot print the compiled module back (it refuses some
+  asynchronous ops of large unrolled programs with a RET_CHECK): the report then goes on without it."""
+  try:
+    text = compiled.as_text()
+  except jax.errors.JaxRuntimeError:
+    return None
+  return hbm_traffic.estimate(text)
 
 
 def compile_lowered(lowered, name: str, topology: str, mesh):
@@ -181,6 +192,14 @@ def _kernels(program: dict) -> str:
           f"{program['kernel_hbm_gb_per_chip']:.2f} GB)")
 
 
+def _planned(program: dict) -> str:
+  if program.get("planned_hbm_gb_per_chip") is None:
+    return "n/a (XLA could not print the compiled module)"
+  return (f"{program['planned_hbm_gb_per_chip']:.2f} GB of HBM traffic ({program['planned_vmem_gb_per_chip']:.2f} "
+          f"GB kept in VMEM), MFU bound {_bound(program['planned_mfu_bound'])}, model-FLOPs MFU bound "
+          f"{_bound(program['planned_model_mfu_bound'])}")
+
+
 def format_report(report: dict) -> str:
   lines = [(f"{report['topology']} x {report['num_slices']} slice(s), {report['chips']} chips, mesh {report['mesh']}, "
             f"{report['parameters'] / 1e6:.1f} M parameters, global batch {report['batch_size']}, "
@@ -192,10 +211,8 @@ def format_report(report: dict) -> str:
         f"{p['alias_gib']:.2f}); XLA: {p['tflops_per_chip']:.3f} TFLOP and {p['hbm_gb_per_chip']:.2f} GB of HBM "
         f"traffic per chip{_kernels(p)}, {p['step_ms_at_peak']:.2f} ms at peak, MFU bound {_bound(p['mfu_bound'])}; model: "
         f"{p['model_tflops_per_chip']:.3f} TFLOP per chip, {p['model_step_ms_at_peak']:.2f} ms at peak, "
-        f"model-FLOPs MFU bound {_bound(p['model_mfu_bound'])}; after memory-space assignment: "
-        f"{p['planned_hbm_gb_per_chip']:.2f} GB of HBM traffic ({p['planned_vmem_gb_per_chip']:.2f} GB kept in "
-        f"VMEM), MFU bound {_bound(p['planned_mfu_bound'])}, model-FLOPs MFU bound "
-        f"{_bound(p['planned_model_mfu_bound'])}; compiled in {p['compile_s']:.1f} s")
+        f"model-FLOPs MFU bound {_bound(p['model_mfu_bound'])}; after memory-space assignment: {_planned(p)}; "
+        f"compiled in {p['compile_s']:.1f} s")
   if not all(p["xla_counts_whole_program"] for p in report["programs"]):
     lines.append(f"  note: {LOOP_NOTE}")
   return "\n".join(lines)
