@@ -89,13 +89,20 @@ def program_report(compiled, chip: Chip, name: str, model_flops: float = 0.0, wh
   hbm = float(cost.get("bytes accessed", 0.0)) + kernel_hbm_bytes
   per_chip = (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
               - memory.alias_size_in_bytes)
-  compute_s, memory_s = flops / chip.peak_flops, hbm / chip.hbm_bytes_per_s
+  compute_s = flops / chip.peak_flops
   # XLA's byte count takes every operand as HBM traffic; the compiler's plan keeps many in VMEM.
   planned = _planned_traffic(compiled)
   planned_hbm = None if planned is None else planned.hbm_bytes + kernel_hbm_bytes
-  has_bound = bool(flops and whole_counts)  # only counts of the whole program give a roofline bound
-  planned_bound = has_bound and planned is not None
-  planned_memory_s = planned_hbm / chip.hbm_bytes_per_s if planned_bound else 0.0
+
+  def bounds(hbm_bytes):
+    """(MFU bound, model-FLOPs MFU bound) for this HBM traffic; none unless XLA counted the whole program."""
+    if not (flops and whole_counts) or hbm_bytes is None:
+      return None, None
+    roofline_s = max(compute_s, hbm_bytes / chip.hbm_bytes_per_s)
+    return compute_s / roofline_s, (model_flops / chip.peak_flops / roofline_s if model_flops else None)
+
+  mfu_bound, model_mfu_bound = bounds(hbm)
+  planned_mfu_bound, planned_model_mfu_bound = bounds(planned_hbm)
   return {
       "program": name,
       "argument_gib": memory.argument_size_in_bytes / GiB,
@@ -109,22 +116,20 @@ def program_report(compiled, chip: Chip, name: str, model_flops: float = 0.0, wh
       "kernel_tflops_per_chip": kernel_flops / 1e12,  # included in the two above
       "kernel_hbm_gb_per_chip": kernel_hbm_bytes / 1e9,
       "step_ms_at_peak": 1e3 * compute_s,
-      "mfu_bound": compute_s / max(compute_s, memory_s) if has_bound else None,
+      "mfu_bound": mfu_bound,
       "xla_counts_whole_program": whole_counts,
       # The model's own work (no masked attention, no remat recompute, every loop iteration) at peak, and
       # the share of the roofline time it can fill: the MFU that maxtext and maxdiffusion report, bounded.
       "model_tflops_per_chip": model_flops / 1e12,
       "model_step_ms_at_peak": 1e3 * model_flops / chip.peak_flops,
-      "model_mfu_bound": (model_flops / chip.peak_flops / max(compute_s, memory_s)
-                          if model_flops and has_bound else None),
+      "model_mfu_bound": model_mfu_bound,
       # The same bounds with the HBM traffic of the compiler's memory-space plan (ntm_jax.parallel.hbm_traffic;
       # kernels' estimate included): an estimate from the plan, not a profile, so the bounds above stay the
       # conservative ones.
       "planned_hbm_gb_per_chip": None if planned is None else planned_hbm / 1e9,
       "planned_vmem_gb_per_chip": None if planned is None else planned.vmem_bytes / 1e9,
-      "planned_mfu_bound": compute_s / max(compute_s, planned_memory_s) if planned_bound else None,
-      "planned_model_mfu_bound": (model_flops / chip.peak_flops / max(compute_s, planned_memory_s)
-                                  if model_flops and planned_bound else None),
+      "planned_mfu_bound": planned_mfu_bound,
+      "planned_model_mfu_bound": planned_model_mfu_bound,
   }
 
 

@@ -103,7 +103,6 @@ def estimate(hlo_text: str) -> Traffic:
       parsed = _INSTRUCTION.match(line)
       if parsed:
         instructions[parsed.group(1)] = parsed.groups()[1:]
-    types = {result: type_text for result, (type_text, _, _) in instructions.items()}
     total = Traffic()
     for type_text, opcode, rest in instructions.values():
       if opcode == "while":
@@ -125,7 +124,7 @@ def estimate(hlo_text: str) -> Traffic:
         start = instructions.get(operands[0]) if operands else None
         operands = _operands(start[2]) if start else []
       if opcode in _MOVES:
-        source_hbm, source_vmem = _array_bytes(types.get(operands[0], "")) if operands else (0, 0)
+        source_hbm, source_vmem = _array_bytes(instructions.get(operands[0], ("",))[0]) if operands else (0, 0)
         out_hbm, out_vmem = _array_bytes(type_text)
         moved = ((out_hbm + out_vmem) * (2 if out_hbm and source_hbm and not source_vmem else 1)
                  if out_hbm or source_hbm else 0)  # VMEM to VMEM moves nothing through HBM
@@ -133,7 +132,7 @@ def estimate(hlo_text: str) -> Traffic:
         continue
       hbm, vmem = _array_bytes(type_text)
       for operand in operands:
-        operand_hbm, operand_vmem = _array_bytes(types.get(operand, ""))
+        operand_hbm, operand_vmem = _array_bytes(instructions.get(operand, ("",))[0])
         hbm, vmem = hbm + operand_hbm, vmem + operand_vmem
       total += Traffic(hbm, vmem)
     return total
