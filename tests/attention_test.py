@@ -191,3 +191,23 @@ def test_the_kernel_cost_counts_every_layer_of_a_stack(x64):
   with attention.kernel_costs(backward=False) as cost:
     jax.eval_shape(lambda u: model.predictor(u, model.time_grid(2)), u)
   assert cost.calls == 3
+
+
+@pytest.mark.parametrize("remat", ["none", "save_matmuls", "full"])
+def test_the_kernel_cost_counts_the_forward_that_remat_recomputes(x64, remat):
+  """Under remat "save_matmuls" or "full" the compiled train step calls each forward kernel twice (its
+  outputs are not kept; seen in the compiled HLO for v5e): with a backward pass the estimate counts both."""
+
+  def kernel_cost(remat, backward):
+    model = helpers.tiny_model(0, num_steps=2, depth=3, attention="splash", remat=remat)
+    u = jnp.zeros((1, 2, model.cfg.image.num_tokens, model.cfg.image.token_dim))
+    with attention.kernel_costs(backward=backward) as cost:
+      jax.eval_shape(lambda u: model.predictor(u, model.time_grid(2)), u)
+    return cost
+
+  forward = kernel_cost("none", backward=False)
+  assert forward.flops > 0 and kernel_cost(remat, backward=False).flops == forward.flops  # no backward, no recompute
+  recompute = kernel_cost(remat, backward=True).hbm_bytes - kernel_cost("none", backward=True).hbm_bytes
+  assert recompute == (forward.hbm_bytes if remat != "none" else 0)
+  recompute = kernel_cost(remat, backward=True).flops - kernel_cost("none", backward=True).flops
+  assert recompute == (forward.flops if remat != "none" else 0)

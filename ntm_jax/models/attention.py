@@ -254,6 +254,7 @@ class KernelCost:
 
   backward: bool = False
   repeats: int = 1  # how many times what is being traced runs (see `repeated`)
+  forward_runs: int = 1  # 2 where remat recomputes the forward in the backward pass (see `recomputed`)
   flops: float = 0.0
   hbm_bytes: float = 0.0
   calls: int = 0
@@ -279,6 +280,22 @@ def repeated(times: int):
     yield
   finally:
     cost.repeats = outer
+
+
+@contextlib.contextmanager
+def recomputed(active: bool = True):
+  """Kernels traced inside run their forward a second time in the backward pass (remat "save_matmuls" and
+  "full" keep no kernel output: the compiled train step calls each forward kernel twice)."""
+  cost = _LEDGER.get()
+  if cost is None or not active:
+    yield
+    return
+  outer = cost.forward_runs
+  cost.forward_runs = 2
+  try:
+    yield
+  finally:
+    cost.forward_runs = outer
 
 
 @contextlib.contextmanager
@@ -309,8 +326,9 @@ def _record_kernel_cost(pattern: np.ndarray, batch: int, num_heads: int, head_di
   # The kernel computes every pair of a tile it visits. The forward reads each visited tile's key and value
   # blocks and passes queries and outputs once.
   forward = _visited(pattern, tiles.forward_q, tiles.forward_kv).sum()
-  flops = _FORWARD_MATMULS * forward * tiles.forward_q * tiles.forward_kv
-  elements = forward * tiles.forward_kv * 2 * head_dim + 2 * padded * head_dim
+  forward_runs = cost.forward_runs if cost.backward else 1  # remat's recompute exists only with a backward
+  flops = forward_runs * _FORWARD_MATMULS * forward * tiles.forward_q * tiles.forward_kv
+  elements = forward_runs * (forward * tiles.forward_kv * 2 * head_dim + 2 * padded * head_dim)
   if cost.backward:
     # The fused backward reads each visited tile's query and output-gradient blocks, reads k and v and
     # writes dk and dv once, reads each visited tile's log-sum-exp and di rows (about one more [L, K] pass at

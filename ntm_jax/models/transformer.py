@@ -112,7 +112,8 @@ class TransformerStack(nnx.Module):
       # Inside scan the loop already keeps XLA from merging the recomputation away (jax's advice).
       body = jax.checkpoint(body, policy=_SAVED[self.remat], prevent_cse=not self.scan)
     keys = jax.random.split(dropout_key, self.depth) if dropout_key is not None else None
-    out, _ = self._scan(body, x_BxLxD, keys)
+    with attention_lib.recomputed(self.remat != "none"):  # the kernels' cost estimate counts the recompute
+      out, _ = self._scan(body, x_BxLxD, keys)
     return out
 
   def init_cache(self, batch: int, length: int, dtype) -> layers.KVCache:
