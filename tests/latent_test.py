@@ -25,6 +25,14 @@ from tests.config_test import load_config
 pytestmark = [pytest.mark.usefixtures("private_data_dir"), pytest.mark.xdist_group("latent")]
 
 
+def test_this_module_is_one_xdist_group(request):
+  """Under xdist, --dist=loadgroup names the group in every test id; with pytest 9.2 and xdist 3.8 it did not
+  (xdist sets a node attribute pytest no longer reads), so this module's fixtures were trained on both
+  workers and CI took 30 instead of about 20 minutes. constraints.txt pins a pytest with which it works."""
+  if request.config.getvalue("loadgroup"):
+    assert request.node.nodeid.endswith("@latent")
+
+
 # -- the module --------------------------------------------------------------------------------------------
 def test_autoencoder_shapes_and_config_errors():
   cfg = AutoencoderConfig(height=16, width=8, channels=3, downsample=4, latent_channels=2, base_width=8)
