@@ -7,7 +7,7 @@ COMMANDS:
 Arguments (after a colon, comma-separated): size=cpu|base|large|xl|3b, res=N (image side, default 32 for
 cpu and 256 otherwise; patches of res/16 give 256 tokens), data=NAME (default shapes; `data=mnist5k` trains
 on the captioned digits, 28x28x1), channels=N (default 3), remat=none|save_matmuls|full (default: full for
-xl and 3b, save_matmuls for base and large, none on the CPU), attention=auto|xla|splash|cudnn (default auto:
+3b, save_matmuls for base, large and xl, none on the CPU), attention=auto|xla|splash|cudnn (default auto:
 splash on TPU, cuDNN on GPU, XLA on the CPU; ntm_jax.models.attention), scan=true|false (layers under jax.lax.scan;
 default: on the TPU presets), latent=DIR (train on the latents of the autoencoder trained in DIR by
 configs/autoencoder.py) or latent=sd_vae:PATH (a diffusers-format SD / DiT VAE a user brings: the
@@ -37,7 +37,9 @@ from ntm_jax.config_args import fid_settings, finish_config, parse_model_arg
 
 _DATA_PARALLEL = {"data": -1, "fsdp": 1, "tensor": 1}
 _FSDP = {"data": 1, "fsdp": -1, "tensor": 1}
-# remat "full": without it xl needs 40.7 GiB per chip on v5p:4x4x4 and 29.8 of a v6e chip's 32 on v6e:8x8 (README).
+# remat "full" for 3b; xl without remat needed 40.7 GiB per chip on v5p:4x4x4 and 29.8 of a v6e chip's 32 on
+# v6e:8x8, and "save_matmuls" gives it 13.3 GiB and a model-FLOPs MFU bound of 0.61 / 0.95 on v6e / v5p, where
+# "full" had 4.8 GiB and 0.58 / 0.80 (README, "Scaling to TPU pods").
 # remat "save_matmuls" for the scanned base and large: large's train step on v5p:4x4x4 needs 5.9 GiB per chip
 # with it, 29.2 without (scanned) and 16.2 unrolled (README, "Speed").
 PRESETS = {
@@ -48,7 +50,7 @@ PRESETS = {
     "large": dict(width=1024, depth=24, blocks=2, layers_per_block=4, head_dim=128, batch_size=256, mesh=_FSDP,
                   remat="save_matmuls"),
     "xl": dict(width=2048, depth=28, blocks=2, layers_per_block=4, head_dim=128, batch_size=512, mesh=_FSDP,
-               remat="full"),
+               remat="save_matmuls"),
     "3b": dict(width=3072, depth=28, blocks=2, layers_per_block=4, head_dim=128, batch_size=512, mesh=_FSDP,
                remat="full"),
 }
