@@ -1,7 +1,7 @@
 """ntm_jax's TarFlow baseline against apple/ml-tarflow's PyTorch `Model`, side by side on this CPU.
 
   python benchmarks/vs_ml_tarflow.py --ml_tarflow=PATH [--torch_python=PYTHON] [--threads=1,2] [--repeats=3]
-      [--shapes=digits,mnist] [--parts=train,nll,sample] [--before] [--smoke]
+      [--shapes=digits,mnist] [--parts=train,nll,sample] [--before=one_device,malloc_defaults] [--smoke]
 
 PATH is a checkout of https://github.com/apple/ml-tarflow (its transformer_flow.py is imported unmodified);
 PYTHON is an interpreter with torch (`pip install torch==2.13.0` is the CPU build; default: this one). Both
@@ -13,8 +13,9 @@ log-likelihood at batch 256, and sampling (the KV-cached inversion of every bloc
 measurement is its own process pinned to the first N cores (N = 1, 2), the two implementations interleaved;
 each process warms up (compiles) and reports the median images/s of its timed calls, and the table gives the
 median over --repeats processes. Ours runs as `python -m ntm_jax.main` runs it: one CPU device per core it
-may use, the batch split over them (ntm_jax.parallel.host_cpu); --before adds it on one device, as it ran
-before that, at every thread count above one. Where torch or the checkout is missing, the PyTorch column
+may use, the batch split over them (ntm_jax.parallel.host_cpu), and glibc's malloc set to reuse what XLA frees
+(ntm_jax.parallel.host_malloc). --before=one_device adds ours on one device (at every thread count above one),
+--before=malloc_defaults ours with glibc's malloc defaults: each as it ran before that change. Where torch or the checkout is missing, the PyTorch column
 says why and only ours is measured. Prints the table and writes benchmarks/results/vs_ml_tarflow.json.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -37,21 +39,27 @@ SHAPES = {
 }
 BATCH = {"train": 64, "nll": 256, "sample": 64}
 IMPLEMENTATIONS = ("ntm_jax", "ml_tarflow")
-# ntm_jax as it ran before one CPU device per core (ntm_jax.parallel.host_cpu): measured with --before.
-ONE_DEVICE = "ntm_jax_one_device"
+# ntm_jax as it ran before a change, measured beside it with --before=NAME[,NAME]: {NAME: (the variant's name,
+# the worker's flags, whether it differs at one thread)}.
+BEFORE = {
+    "one_device": ("ntm_jax_one_device", ["--devices=1"], False),  # before one CPU device per core (host_cpu)
+    "malloc_defaults": ("ntm_jax_malloc_defaults", ["--malloc_defaults"], True),  # before host_malloc
+}
 RESULT_TAG = "RESULT "
 
 
 # -- one measurement (the worker process) -------------------------------------------------------------------
-def timed_calls(fn, min_seconds: float, min_calls: int = 3) -> list[float]:
-  """Seconds of each call of `fn` (which blocks until done) after one warm-up call, until both limits pass."""
+def timed_calls(fn, min_seconds: float, min_calls: int = 3) -> tuple[list[float], float]:
+  """Seconds of each call of `fn` (which blocks until done) after one warm-up call, until both limits pass, and
+  the page faults per timed call (memory the process maps afresh: what host_malloc avoids)."""
   fn()
   times = []
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   while len(times) < min_calls or sum(times) < min_seconds:
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return times
+  return times, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / len(times)
 
 
 def ntm_jax_part(shape: dict, part: str, batch: int, devices: int = 0):
@@ -164,11 +172,16 @@ def run_worker(args) -> None:
     torch.set_num_threads(args.threads)
     fn, parameters = ml_tarflow_part(shape, args.part, batch, args.ml_tarflow)
   else:
+    sys.path.insert(0, ROOT)
+    from ntm_jax.parallel import host_malloc  # noqa: PLC0415
+    if not args.malloc_defaults:
+      host_malloc.reuse_freed_memory()  # as `python -m ntm_jax.main` does, before jax starts any thread
     fn, parameters = ntm_jax_part(shape, args.part, batch, args.devices)
   start = time.perf_counter()
-  times = timed_calls(fn, args.min_seconds)
+  times, faults = timed_calls(fn, args.min_seconds)
   median = statistics.median(times)
   print(RESULT_TAG + json.dumps({"images_per_s": batch / median, "median_s": median, "calls": len(times),
+                                 "page_faults_per_call": round(faults),
                                  "parameters": parameters, "seconds_with_warmup": time.perf_counter() - start}),
         flush=True)
 
@@ -190,10 +203,11 @@ def torch_unavailable(python: str, checkout: str | None) -> str | None:
 def measure_once(implementation: str, shape: str, part: str, threads: int, args) -> dict:
   """One worker process pinned to cores 0..threads-1; returns its result."""
   python = args.torch_python if implementation == "ml_tarflow" else sys.executable
-  worker = "ntm_jax" if implementation == ONE_DEVICE else implementation
+  before = {name: flags for name, flags, _ in BEFORE.values()}
+  worker = "ntm_jax" if implementation in before else implementation
   command = [python, os.path.abspath(__file__), f"--worker={worker}", f"--shape={shape}", f"--part={part}",
              f"--threads={threads}", f"--min_seconds={args.min_seconds}", f"--batch={args.batch}",
-             f"--devices={1 if implementation == ONE_DEVICE else 0}"]
+             *before.get(implementation, [])]
   if args.ml_tarflow:
     command.append(f"--ml_tarflow={args.ml_tarflow}")
   env = dict(os.environ, OMP_NUM_THREADS=str(threads), JAX_PLATFORMS="cpu")
@@ -218,11 +232,14 @@ def main():
   parser.add_argument("--min_seconds", type=float, default=2.0, help="timed seconds per process, after warm-up")
   parser.add_argument("--batch", type=int, default=0, help="one batch size for every part (0: 64, 256, 64)")
   parser.add_argument("--out", default="benchmarks/results/vs_ml_tarflow.json")
-  parser.add_argument("--before", action="store_true",
-                      help="also measure ntm_jax on one CPU device (how it ran before), where threads > 1")
+  parser.add_argument("--before", nargs="?", const="one_device", default="",
+                      help="also measure ntm_jax as it ran before these changes (comma-separated): one_device (one "
+                      "CPU device, where threads > 1), malloc_defaults (glibc's malloc as it comes)")
   parser.add_argument("--smoke", action="store_true", help="a tiny shape, batch 8, one process each (what CI runs)")
   parser.add_argument("--devices", type=int, default=0,
                       help="ntm_jax's CPU devices (0: one per core it is pinned to, as ntm_jax.main; 1: the old way)")
+  parser.add_argument("--malloc_defaults", action="store_true",
+                      help="ntm_jax with glibc's malloc defaults (without ntm_jax.parallel.host_malloc)")
   parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
   parser.add_argument("--shape", help=argparse.SUPPRESS)
   parser.add_argument("--part", help=argparse.SUPPRESS)
@@ -233,6 +250,10 @@ def main():
   if args.smoke:
     args.shapes, args.threads, args.repeats, args.min_seconds, args.batch = "smoke", "1", 1, 0.0, 8
   shapes, parts = args.shapes.split(","), args.parts.split(",")
+  befores = [name for name in args.before.split(",") if name]
+  unknown = sorted(set(befores) - set(BEFORE))
+  if unknown:
+    raise SystemExit(f"--before: unknown {unknown}; choose from {sorted(BEFORE)}")
   thread_counts = [int(n) for n in args.threads.split(",")]
   if max(thread_counts) > len(os.sched_getaffinity(0)):
     raise SystemExit(f"--threads={args.threads} asks for more cores than this process may use "
@@ -247,7 +268,8 @@ def main():
     for shape in shapes:
       for part in parts:
         for threads in thread_counts:
-          for implementation in implementations + ((ONE_DEVICE,) if args.before and threads > 1 else ()):
+          variants = tuple(BEFORE[name][0] for name in befores if BEFORE[name][2] or threads > 1)
+          for implementation in implementations + variants:
             result = measure_once(implementation, shape, part, threads, args)
             runs.setdefault((shape, part, threads, implementation), []).append(result)
             print(f"[{repeat + 1}/{args.repeats}] {shape} {part} {threads} thread(s) {implementation}: "
@@ -263,11 +285,16 @@ def main():
           row[implementation] = statistics.median(r["images_per_s"] for r in results)
           row[implementation + "_runs"] = [round(r["images_per_s"], 2) for r in results]
           row[implementation + "_parameters"] = results[0]["parameters"]
-        if (shape, part, threads, ONE_DEVICE) in runs:
-          results = runs[(shape, part, threads, ONE_DEVICE)]
-          row[ONE_DEVICE] = statistics.median(r["images_per_s"] for r in results)
-          row[ONE_DEVICE + "_runs"] = [round(r["images_per_s"], 2) for r in results]
-          row["speedup_over_one_device"] = row["ntm_jax"] / row[ONE_DEVICE]
+          row[implementation + "_page_faults_per_call"] = statistics.median(
+              r["page_faults_per_call"] for r in results)
+        for name in befores:
+          variant = BEFORE[name][0]
+          if (shape, part, threads, variant) in runs:
+            results = runs[(shape, part, threads, variant)]
+            row[variant] = statistics.median(r["images_per_s"] for r in results)
+            row[variant + "_runs"] = [round(r["images_per_s"], 2) for r in results]
+            row[variant + "_page_faults_per_call"] = statistics.median(r["page_faults_per_call"] for r in results)
+            row["speedup_over_" + name] = row["ntm_jax"] / row[variant]
         if not skipped:
           row["ratio"] = row["ntm_jax"] / row["ml_tarflow"]
         rows.append(row)
@@ -275,14 +302,12 @@ def main():
   print(f"\nimages/s, float32, median of {args.repeats} process(es) each"
         + (f" (ml-tarflow: {skipped})" if skipped else ""))
   print(f"{'shape':8s} {'part':7s} {'batch':>5s} {'threads':>7s} {'ntm_jax':>10s} {'ml-tarflow':>11s} {'ratio':>7s}"
-        + (f" {'1 device':>9s} {'gain':>6s}" if args.before else ""))
+        + "".join(f" {name[:15]:>15s} {'gain':>6s}" for name in befores))
   for row in rows:
     theirs = f"{row['ml_tarflow']:11.1f}" if not skipped else f"{'-':>11s}"
     ratio = f"{row['ratio']:6.2f}x" if not skipped else f"{'-':>7s}"
-    before = ""
-    if args.before:
-      before = (f" {row[ONE_DEVICE]:9.1f} {row['speedup_over_one_device']:5.2f}x" if ONE_DEVICE in row
-                else f" {'-':>9s} {'-':>6s}")
+    before = "".join(f" {row[BEFORE[name][0]]:15.1f} {row['speedup_over_' + name]:5.2f}x" if BEFORE[name][0] in row
+                     else f" {'-':>15s} {'-':>6s}" for name in befores)
     print(f"{row['shape']:8s} {row['part']:7s} {row['batch']:5d} {row['threads']:7d} {row['ntm_jax']:10.1f} "
           f"{theirs} {ratio}{before}")
   payload = {"shapes": {name: SHAPES[name] for name in shapes}, "repeats": args.repeats,

@@ -18,6 +18,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from ntm_jax import config_args  # noqa: E402
+from ntm_jax.parallel import host_malloc  # noqa: E402  (the standard library only: no jax yet)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config file, optionally with arguments: configs/digits.py:tarflow,steps=2000.",
@@ -88,6 +89,9 @@ def parse_flags(argv):
 
 
 def run():
+  # First, before the config (and with it numpy or jax) starts threads: on a host CPU, XLA's scratch buffer of
+  # each step is then reused rather than page-faulted in afresh (ntm_jax/parallel/host_malloc.py).
+  host_malloc.reuse_freed_memory()
   flags.mark_flags_as_required(["config"])
   app.run(main, flags_parser=parse_flags)
 

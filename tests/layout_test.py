@@ -24,7 +24,7 @@ LOWER = {
     "training": {"models", "data", "text", "parallel", "latents", "sampling", "evaluation"},
     "modes": {"models", "data", "text", "parallel", "latents", "sampling", "evaluation", "training"},
     "api": {"models", "data", "text", "parallel", "latents", "sampling", "evaluation"},
-    "main": {"config_args", "modes"},
+    "main": {"config_args", "modes", "parallel"},  # parallel: host_malloc, set before jax starts
     "__init__": {"api"},
 }
 MODEL_CLASSES = {"NTM", "TarFlow", "FlowMatching"}
