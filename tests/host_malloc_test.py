@@ -30,10 +30,12 @@ print(json.dumps({"set": done, "faults": faults, "median_after_warmup": statisti
 
 
 def _run(mode: str, **env_extra) -> dict:
+  """The snippet's result in a fresh process pinned to one core (where reuse_freed_memory acts)."""
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES",) and not k.startswith("MALLOC_")}
   env.update(JAX_PLATFORMS="cpu", **env_extra)
   done = subprocess.run([sys.executable, "-c", _FAULTS_PER_CALL, mode], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300, check=False)
+                        text=True, timeout=300, check=False,
+                        preexec_fn=lambda: os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1]))
   assert done.returncode == 0, done.stderr[-3000:]
   return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -63,3 +65,13 @@ def test_it_stays_off_where_an_accelerator_runs_the_model(monkeypatch):
     assert host_malloc.why_not() == "an accelerator is present"
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # the user asked for the CPU: the host runs the model after all
   assert not host_malloc.accelerator_present()
+
+
+def test_it_stays_off_on_more_than_one_core(monkeypatch):
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  for name in ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setattr(host_malloc.os, "sched_getaffinity", lambda pid: {0, 1})
+  if host_malloc.why_not() != "not glibc":
+    assert host_malloc.why_not() == "more than one usable core"
+    assert host_malloc.reuse_freed_memory() is False

@@ -6,13 +6,19 @@ fresh `mmap` (always, from the arenas of XLA's worker threads) and `munmap`s it 
 page-faults through all of it again: 358,737 minor faults and 0.5 s of kernel time in a 3.3 s step on one
 core here, more where the host is busy (page faults in a VM are dear), and two devices fault at once.
 With one malloc arena, no `mmap` and no trimming, the freed buffer stays in the heap and the next step
-reuses it: 0 faults a step (`python benchmarks/vs_ml_tarflow.py`, README "Speed").
+reuses it: 0 faults a step, and 1.03-1.30x the images/s of every part at one thread
+(`python benchmarks/vs_ml_tarflow.py --before=malloc_defaults`, README "Speed").
+
+Only on one core: with one CPU device per core (host_cpu), every device's thread would share the one arena,
+and at two cores the same run measured 0.75-1.15x (slower where a program is many small operations, as the
+digits sampler), so there glibc's defaults stay.
 
 The price is that the process keeps its peak heap until it exits, which is what a training or sampling
 run on a host CPU wants anyway. `python -m ntm_jax.main` calls `reuse_freed_memory` first of all, before
 numpy, jax or TensorFlow start threads of their own (an arena a thread already has is kept). It does
-nothing where it could hurt or cannot act: on a host with an accelerator (the host CPU then runs input
-pipelines, not the model), where the user set glibc's malloc options in the environment, or off glibc.
+nothing where it could hurt or cannot act: on more than one usable core (above), on a host with an
+accelerator (the host CPU then runs input pipelines, not the model), where the user set glibc's malloc
+options in the environment, or off glibc.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ def why_not() -> str | None:
     return f"the user set {', '.join(user)}"
   if accelerator_present():
     return "an accelerator is present"
+  if len(os.sched_getaffinity(0)) > 1:
+    return "more than one usable core"
   return None
 
 
