@@ -14,9 +14,10 @@ measurement is its own process pinned to the first N cores (N = 1, 2), the two i
 each process warms up (compiles) and reports the median images/s of its timed calls, and the table gives the
 median over --repeats processes. Ours runs as `python -m ntm_jax.main` runs it: one CPU device per core it
 may use, the batch split over them (ntm_jax.parallel.host_cpu), and glibc's malloc set to reuse what XLA frees
-(ntm_jax.parallel.host_malloc). --before=one_device adds ours on one device (at every thread count above one),
---before=malloc_defaults ours with glibc's malloc defaults: each as it ran before that change. Where torch or the checkout is missing, the PyTorch column
-says why and only ours is measured. Prints the table and writes benchmarks/results/vs_ml_tarflow.json.
+(ntm_jax.parallel.host_malloc, which acts on one core only). --before=one_device adds ours on one device (at
+every thread count above one), --before=malloc_defaults ours with glibc's malloc defaults: each as it ran before
+that change. Where torch or the checkout is missing, the PyTorch column says why and only ours is measured.
+Prints the table and writes benchmarks/results/vs_ml_tarflow.json.
 """
 
 from __future__ import annotations

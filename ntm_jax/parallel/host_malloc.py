@@ -4,7 +4,7 @@ XLA:CPU allocates one buffer for all of a program's temporaries at every executi
 1.47 GB for the train step at ml-tarflow's mnist shape. glibc's malloc serves a request that large with a
 fresh `mmap` (always, from the arenas of XLA's worker threads) and `munmap`s it on free, so every step
 page-faults through all of it again: 358,737 minor faults and 0.5 s of kernel time in a 3.3 s step on one
-core here, more where the host is busy (page faults in a VM are dear), and two devices fault at once.
+core here, more where the host is busy (page faults in a VM are dear).
 With one malloc arena, no `mmap` and no trimming, the freed buffer stays in the heap and the next step
 reuses it: 0 faults a step, and 1.03-1.30x the images/s of every part at one thread
 (`python benchmarks/vs_ml_tarflow.py --before=malloc_defaults`, README "Speed").
@@ -55,7 +55,7 @@ def why_not() -> str | None:
     return f"the user set {', '.join(user)}"
   if accelerator_present():
     return "an accelerator is present"
-  if len(os.sched_getaffinity(0)) > 1:
+  if len(os.sched_getaffinity(0)) > 1:  # host_cpu.usable_cores, which this module cannot import (it imports jax)
     return "more than one usable core"
   return None
 
