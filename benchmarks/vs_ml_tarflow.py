@@ -15,8 +15,10 @@ each process warms up (compiles) and reports the median images/s of its timed ca
 median over --repeats processes. Ours runs as `python -m ntm_jax.main` runs it: one CPU device per core it
 may use, the batch split over them (ntm_jax.parallel.host_cpu), and glibc's malloc set to reuse what XLA frees
 (ntm_jax.parallel.host_malloc, which acts on one core only). --before=one_device adds ours on one device (at
-every thread count above one), --before=malloc_defaults ours with glibc's malloc defaults: each as it ran before
-that change. Where torch or the checkout is missing, the PyTorch column says why and only ours is measured.
+every thread count above one), --before=malloc_defaults ours with glibc's malloc defaults,
+--before=multi_axis_dots ours with its weight matmuls as multi-axis dots rather than the matrix products of
+ntm_jax.models.projection: each as it ran before that change. Where torch or the checkout is missing, the
+PyTorch column says why and only ours is measured.
 Prints the table and writes benchmarks/results/vs_ml_tarflow.json.
 """
 
@@ -45,6 +47,7 @@ IMPLEMENTATIONS = ("ntm_jax", "ml_tarflow")
 BEFORE = {
     "one_device": ("ntm_jax_one_device", ["--devices=1"], False),  # before one CPU device per core (host_cpu)
     "malloc_defaults": ("ntm_jax_malloc_defaults", ["--malloc_defaults"], True),  # before host_malloc
+    "multi_axis_dots": ("ntm_jax_multi_axis_dots", ["--multi_axis_dots"], True),  # before projection's matrix form
 }
 RESULT_TAG = "RESULT "
 
@@ -164,6 +167,20 @@ def ml_tarflow_part(shape: dict, part: str, batch: int, checkout: str):
   return sample, parameters
 
 
+def use_multi_axis_dots() -> None:
+  """Every weight matmul of ntm_jax as one dot over the activation's [batch, tokens] rows and the kernel's own
+  axes, as before ntm_jax.models.projection flattened them into a matrix product on the CPU."""
+  from jax import lax  # noqa: PLC0415
+
+  from ntm_jax.models import projection  # noqa: PLC0415
+
+  def multi_axis_dot(x, kernel, num_contracting=1):
+    contracting = (tuple(range(x.ndim - num_contracting, x.ndim)), tuple(range(num_contracting)))
+    return lax.dot_general(x, kernel, (contracting, ((), ())))
+
+  projection.project = multi_axis_dot  # the layers look it up at every call
+
+
 def run_worker(args) -> None:
   """Measures one (implementation, shape, part) on the cores this process was pinned to; prints the result."""
   shape = SHAPES[args.shape]
@@ -177,6 +194,8 @@ def run_worker(args) -> None:
     from ntm_jax.parallel import host_malloc  # noqa: PLC0415
     if not args.malloc_defaults:
       host_malloc.reuse_freed_memory()  # as `python -m ntm_jax.main` does, before jax starts any thread
+    if args.multi_axis_dots:
+      use_multi_axis_dots()
     fn, parameters = ntm_jax_part(shape, args.part, batch, args.devices)
   start = time.perf_counter()
   times, faults = timed_calls(fn, args.min_seconds)
@@ -235,12 +254,15 @@ def main():
   parser.add_argument("--out", default="benchmarks/results/vs_ml_tarflow.json")
   parser.add_argument("--before", nargs="?", const="one_device", default="",
                       help="also measure ntm_jax as it ran before these changes (comma-separated): one_device (one "
-                      "CPU device, where threads > 1), malloc_defaults (glibc's malloc as it comes)")
+                      "CPU device, where threads > 1), malloc_defaults (glibc's malloc as it comes), multi_axis_dots "
+                      "(the weight matmuls as multi-axis dots)")
   parser.add_argument("--smoke", action="store_true", help="a tiny shape, batch 8, one process each (what CI runs)")
   parser.add_argument("--devices", type=int, default=0,
                       help="ntm_jax's CPU devices (0: one per core it is pinned to, as ntm_jax.main; 1: the old way)")
   parser.add_argument("--malloc_defaults", action="store_true",
                       help="ntm_jax with glibc's malloc defaults (without ntm_jax.parallel.host_malloc)")
+  parser.add_argument("--multi_axis_dots", action="store_true",
+                      help="ntm_jax's weight matmuls as multi-axis dots (without projection's matrix form)")
   parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)
   parser.add_argument("--shape", help=argparse.SUPPRESS)
   parser.add_argument("--part", help=argparse.SUPPRESS)

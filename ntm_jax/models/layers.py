@@ -18,14 +18,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntm_jax.models import attention, conditioning
+from ntm_jax.models import attention, conditioning, projection
 from ntm_jax.models.logical_axes import constrain, param_axes
 
 
 def linear(in_features: int, out_features: int, axes: tuple, *, dtype, param_dtype, rngs: nnx.Rngs,
            **kwargs) -> nnx.Linear:
-  """nnx.Linear whose kernel has logical axes `axes` and whose bias has the output axis."""
+  """nnx.Linear whose kernel has logical axes `axes` and whose bias has the output axis, its matmul
+  ntm_jax.models.projection's (a backward pass without transposes on the CPU)."""
   return nnx.Linear(in_features, out_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                    dot_general=projection.linear_dot_general,
                     kernel_metadata=param_axes(*axes), bias_metadata=param_axes(axes[1]), **kwargs)
 
 
@@ -101,13 +103,13 @@ class Attention(nnx.Module):
 
   def _split_heads(self, x_BxLxD):
     kernel = self.qkv_kernel[...].astype(self.dtype)
-    qkv = jnp.einsum("bld,dthk->tblhk", x_BxLxD.astype(self.dtype), kernel)
-    qkv = qkv + self.qkv_bias[...].astype(self.dtype)[:, None, None]
-    qkv = constrain(qkv, ("qkv", "batch", "tokens", "heads", "head_dim"))
-    return qkv[0], qkv[1], qkv[2]
+    qkv = projection.project(x_BxLxD.astype(self.dtype), kernel, 1)  # [B, L, 3, heads, head_dim]
+    qkv = qkv + self.qkv_bias[...].astype(self.dtype)[None, None]
+    qkv = constrain(qkv, ("batch", "tokens", "qkv", "heads", "head_dim"))
+    return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
 
   def _project_out(self, out_BxQxHxK):
-    out = jnp.einsum("bqhk,hkd->bqd", out_BxQxHxK, self.output_kernel[...].astype(self.dtype))
+    out = projection.project(out_BxQxHxK, self.output_kernel[...].astype(self.dtype), 2)
     return out + self.output_bias[...].astype(self.dtype)[None, None]
 
   def __call__(self, x_BxLxD: jax.Array, mask: attention.Mask) -> jax.Array:
