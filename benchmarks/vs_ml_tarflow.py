@@ -169,16 +169,13 @@ def ml_tarflow_part(shape: dict, part: str, batch: int, checkout: str):
 
 def use_multi_axis_dots() -> None:
   """Every weight matmul of ntm_jax as one dot over the activation's [batch, tokens] rows and the kernel's own
-  axes, as before ntm_jax.models.projection flattened them into a matrix product on the CPU."""
-  from jax import lax  # noqa: PLC0415
+  axes (what ntm_jax.models.projection keeps off the CPU), as before it flattened them on the CPU."""
+  import jax.numpy as jnp  # noqa: PLC0415
 
   from ntm_jax.models import projection  # noqa: PLC0415
 
-  def multi_axis_dot(x, kernel, num_contracting=1):
-    contracting = (tuple(range(x.ndim - num_contracting, x.ndim)), tuple(range(num_contracting)))
-    return lax.dot_general(x, kernel, (contracting, ((), ())))
-
-  projection.project = multi_axis_dot  # the layers look it up at every call
+  # The layers look projection.project up at every call.
+  projection.project = lambda x, kernel, num_contracting=1: jnp.tensordot(x, kernel, num_contracting)
 
 
 def run_worker(args) -> None:

@@ -11,11 +11,6 @@ import pytest
 from ntm_jax.models import projection
 
 
-def _multi_axis_dot(x, kernel, num_contracting):
-  contracting = (tuple(range(x.ndim - num_contracting, x.ndim)), tuple(range(num_contracting)))
-  return jax.lax.dot_general(x, kernel, (contracting, ((), ())))
-
-
 # (activation shape, kernel shape, contracted axes): an MLP layer, attention's q|k|v and its output projection.
 CASES = [((3, 5, 4), (4, 6), 1), ((3, 5, 4), (4, 3, 2, 2), 1), ((3, 5, 2, 2), (2, 2, 4), 2)]
 
@@ -25,9 +20,9 @@ def test_values_and_both_derivatives_match_the_multi_axis_dot(x64, x_shape, kern
   x = jax.random.normal(jax.random.key(0), x_shape, jnp.float64)
   kernel = jax.random.normal(jax.random.key(1), kernel_shape, jnp.float64)
   ours = lambda x, k: jnp.sum(jnp.tanh(projection.project(x, k, num_contracting)) ** 2)  # noqa: E731
-  theirs = lambda x, k: jnp.sum(jnp.tanh(_multi_axis_dot(x, k, num_contracting)) ** 2)  # noqa: E731
+  theirs = lambda x, k: jnp.sum(jnp.tanh(jnp.tensordot(x, k, num_contracting)) ** 2)  # noqa: E731
   np.testing.assert_allclose(projection.project(x, kernel, num_contracting),
-                             _multi_axis_dot(x, kernel, num_contracting), rtol=1e-13)
+                             jnp.tensordot(x, kernel, num_contracting), rtol=1e-13)
   for got, want in zip(jax.grad(ours, argnums=(0, 1))(x, kernel), jax.grad(theirs, argnums=(0, 1))(x, kernel)):
     np.testing.assert_allclose(got, want, rtol=1e-12)
   # Forward mode too (the exactness tests take jax.jacfwd of the flows built on it).
@@ -45,7 +40,7 @@ def test_the_kernel_gradient_needs_no_transposed_copy_on_the_cpu():
   kernel_grad = lambda dot: jax.grad(lambda k: jnp.sum(jnp.tanh(dot(x, k))))  # noqa: E731
   assert _top_level_copies(kernel_grad(lambda x, k: projection.project(x, k, 1)), kernel) == 0
   # The control: the multi-axis dot's backward has XLA:CPU copy an operand first (why projection exists).
-  assert _top_level_copies(kernel_grad(lambda x, k: _multi_axis_dot(x, k, 1)), kernel) >= 1
+  assert _top_level_copies(kernel_grad(lambda x, k: jnp.tensordot(x, k, 1)), kernel) >= 1
 
 
 def test_other_platforms_keep_the_multi_axis_dot():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 
@@ -32,11 +33,8 @@ def project(x: jax.Array, kernel: jax.Array, num_contracting: int = 1) -> jax.Ar
     product = x.reshape(-1, in_size) @ kernel.reshape(in_size, -1)
     return product.reshape(out_shape)
 
-  def as_dot_general(x, kernel):
-    contracting = (tuple(range(num_rows, x.ndim)), tuple(range(num_contracting)))
-    return lax.dot_general(x, kernel, (contracting, ((), ())))
-
-  return lax.platform_dependent(x, kernel, cpu=as_matrix_product, default=as_dot_general)
+  multi_axis_dot = lambda x, kernel: jnp.tensordot(x, kernel, num_contracting)  # noqa: E731
+  return lax.platform_dependent(x, kernel, cpu=as_matrix_product, default=multi_axis_dot)
 
 
 def linear_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None,
