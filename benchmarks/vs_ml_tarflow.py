@@ -1,7 +1,7 @@
 """ntm_jax's TarFlow baseline against apple/ml-tarflow's PyTorch `Model`, side by side on this CPU.
 
   python benchmarks/vs_ml_tarflow.py --ml_tarflow=PATH [--torch_python=PYTHON] [--threads=1,2] [--repeats=3]
-      [--shapes=digits,mnist] [--parts=train,nll,sample] [--before=one_device,malloc_defaults] [--smoke]
+      [--shapes=digits,mnist] [--parts=train,nll,sample] [--before=one_device,small_pages] [--smoke]
 
 PATH is a checkout of https://github.com/apple/ml-tarflow (its transformer_flow.py is imported unmodified);
 PYTHON is an interpreter with torch (`pip install torch==2.13.0` is the CPU build; default: this one). Both
@@ -13,11 +13,12 @@ log-likelihood at batch 256, and sampling (the KV-cached inversion of every bloc
 measurement is its own process pinned to the first N cores (N = 1, 2), the two implementations interleaved;
 each process warms up (compiles) and reports the median images/s of its timed calls, and the table gives the
 median over --repeats processes. Ours runs as `python -m ntm_jax.main` runs it: one CPU device per core it
-may use, the batch split over them (ntm_jax.parallel.host_cpu), and glibc's malloc set to reuse what XLA frees
-(ntm_jax.parallel.host_malloc, which acts on one core only). --before=one_device adds ours on one device (at
-every thread count above one), --before=malloc_defaults ours with glibc's malloc defaults,
---before=multi_axis_dots ours with its weight matmuls as multi-axis dots rather than the matrix products of
-ntm_jax.models.projection: each as it ran before that change. Where torch or the checkout is missing, the
+may use, the batch split over them (ntm_jax.parallel.host_cpu), and glibc's malloc set for XLA's scratch buffer
+(ntm_jax.parallel.host_malloc: one arena that keeps what XLA frees on one core, the process restarted on
+transparent huge pages on more). --before=one_device adds ours on one device (at every thread count above
+one), --before=malloc_defaults ours with glibc's malloc defaults, --before=multi_axis_dots ours with its weight
+matmuls as multi-axis dots rather than the matrix products of ntm_jax.models.projection, --before=small_pages
+ours without the huge pages (at every thread count above one): each as it ran before that change. Where torch or the checkout is missing, the
 PyTorch column says why and only ours is measured.
 Prints the table and writes benchmarks/results/vs_ml_tarflow.json.
 """
@@ -34,6 +35,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from ntm_jax.parallel import host_malloc  # noqa: E402  (the standard library only: the PyTorch worker needs no jax)
 
 SHAPES = {
     "digits": dict(size=8, channels=1, patch=2, blocks=4, layers=2, width=128, head_dim=64),
@@ -48,6 +51,7 @@ BEFORE = {
     "one_device": ("ntm_jax_one_device", ["--devices=1"], False),  # before one CPU device per core (host_cpu)
     "malloc_defaults": ("ntm_jax_malloc_defaults", ["--malloc_defaults"], True),  # before host_malloc
     "multi_axis_dots": ("ntm_jax_multi_axis_dots", ["--multi_axis_dots"], True),  # before projection's matrix form
+    "small_pages": ("ntm_jax_small_pages", ["--small_pages"], False),  # before host_malloc's huge pages
 }
 RESULT_TAG = "RESULT "
 
@@ -71,7 +75,6 @@ def ntm_jax_part(shape: dict, part: str, batch: int, devices: int = 0):
   its batch split over `devices` CPU devices (0: one per usable core, as `python -m ntm_jax.main` does)."""
   import jax  # noqa: PLC0415  (the PyTorch worker never imports jax)
 
-  sys.path.insert(0, ROOT)
   from ntm_jax.parallel import host_cpu  # noqa: PLC0415
   devices = host_cpu.use_cores([batch], cores=devices or None)  # before anything starts jax's backends
   import jax.numpy as jnp  # noqa: PLC0415
@@ -187,10 +190,10 @@ def run_worker(args) -> None:
     torch.set_num_threads(args.threads)
     fn, parameters = ml_tarflow_part(shape, args.part, batch, args.ml_tarflow)
   else:
-    sys.path.insert(0, ROOT)
-    from ntm_jax.parallel import host_malloc  # noqa: PLC0415
-    if not args.malloc_defaults:
-      host_malloc.reuse_freed_memory()  # as `python -m ntm_jax.main` does, before jax starts any thread
+    if args.small_pages:
+      host_malloc.reuse_freed_memory()  # as before the huge pages: one core only
+    elif not args.malloc_defaults:
+      host_malloc.use_for_host_cpu()  # as `python -m ntm_jax.main` does, before jax starts any thread
     if args.multi_axis_dots:
       use_multi_axis_dots()
     fn, parameters = ntm_jax_part(shape, args.part, batch, args.devices)
@@ -229,6 +232,8 @@ def measure_once(implementation: str, shape: str, part: str, threads: int, args)
     command.append(f"--ml_tarflow={args.ml_tarflow}")
   env = dict(os.environ, OMP_NUM_THREADS=str(threads), JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)  # no device count of the caller's: the worker sets its own, as ntm_jax.main does
+  if env.get("GLIBC_TUNABLES") == host_malloc.HUGE_PAGES_TUNABLE:
+    env.pop("GLIBC_TUNABLES")  # this run's own setting, inherited: each worker decides for itself, as ntm_jax.main
   cores = sorted(os.sched_getaffinity(0))[:threads]
   done = subprocess.run(command, env=env, capture_output=True, text=True, check=False,
                         preexec_fn=lambda: os.sched_setaffinity(0, cores))
@@ -252,12 +257,14 @@ def main():
   parser.add_argument("--before", nargs="?", const="one_device", default="",
                       help="also measure ntm_jax as it ran before these changes (comma-separated): one_device (one "
                       "CPU device, where threads > 1), malloc_defaults (glibc's malloc as it comes), multi_axis_dots "
-                      "(the weight matmuls as multi-axis dots)")
+                      "(the weight matmuls as multi-axis dots), small_pages (without the huge pages, where threads > 1)")
   parser.add_argument("--smoke", action="store_true", help="a tiny shape, batch 8, one process each (what CI runs)")
   parser.add_argument("--devices", type=int, default=0,
                       help="ntm_jax's CPU devices (0: one per core it is pinned to, as ntm_jax.main; 1: the old way)")
   parser.add_argument("--malloc_defaults", action="store_true",
                       help="ntm_jax with glibc's malloc defaults (without ntm_jax.parallel.host_malloc)")
+  parser.add_argument("--small_pages", action="store_true",
+                      help="ntm_jax without the restart on transparent huge pages (host_malloc on one core only)")
   parser.add_argument("--multi_axis_dots", action="store_true",
                       help="ntm_jax's weight matmuls as multi-axis dots (without projection's matrix form)")
   parser.add_argument("--worker", choices=IMPLEMENTATIONS, help=argparse.SUPPRESS)

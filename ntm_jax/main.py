@@ -7,6 +7,7 @@ notebooks and tests call directly. The console shows progress, evaluations, warn
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -47,7 +48,7 @@ _EVAL_CHECKPOINT = flags.DEFINE_enum(
     "WORKDIR/best) or the newest resume checkpoint.")
 
 
-def main(argv):
+def main(argv, malloc_setting: str = "not set"):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not _WORKDIR.value:
@@ -64,8 +65,8 @@ def main(argv):
   from ntm_jax import modes
   if not _DISTRIBUTED.value and _MODE.value != "compile":  # one device per core (ahead-of-time compiles keep theirs)
     modes.use_host_cores(_CONFIG.value)
-  logging.info("ntm_jax %s: workdir %s, process %d of %d, %d devices", _MODE.value, _WORKDIR.value,
-               jax.process_index(), jax.process_count(), jax.device_count())
+  logging.info("ntm_jax %s: workdir %s, process %d of %d, %d devices, malloc: %s", _MODE.value, _WORKDIR.value,
+               jax.process_index(), jax.process_count(), jax.device_count(), malloc_setting)
   try:
     modes.run(_MODE.value, _CONFIG.value, os.path.abspath(_WORKDIR.value), _EVAL_SPLIT.value, _EVAL_CHECKPOINT.value)
   except modes.EXPECTED_ERRORS as error:
@@ -90,10 +91,11 @@ def parse_flags(argv):
 
 def run():
   # First, before the config (and with it numpy or jax) starts threads: on a host CPU, XLA's scratch buffer of
-  # each step is then reused rather than page-faulted in afresh (ntm_jax/parallel/host_malloc.py).
-  host_malloc.reuse_freed_memory()
+  # each step is then reused (one core) or faulted in by huge pages (more cores: this restarts the process once)
+  # rather than page-faulted in afresh page by page (ntm_jax/parallel/host_malloc.py).
+  malloc_setting = host_malloc.use_for_host_cpu()
   flags.mark_flags_as_required(["config"])
-  app.run(main, flags_parser=parse_flags)
+  app.run(functools.partial(main, malloc_setting=malloc_setting), flags_parser=parse_flags)
 
 
 if __name__ == "__main__":

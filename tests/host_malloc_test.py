@@ -1,10 +1,13 @@
-"""glibc's malloc set to keep what XLA:CPU frees (ntm_jax.parallel.host_malloc): a jitted program's scratch buffer
-is reused from one call to the next instead of being page-faulted in again, and a user's own setting wins."""
+"""glibc's malloc set for XLA:CPU's scratch buffer (ntm_jax.parallel.host_malloc): on one core it is reused from one
+call to the next instead of being page-faulted in again, on more it is faulted in by huge pages (the process
+restarted with glibc's tunable), and a user's own setting wins."""
 
 import json
 import os
 import subprocess
 import sys
+
+import pytest
 
 from ntm_jax.parallel import host_malloc
 
@@ -15,7 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _FAULTS_PER_CALL = """
 import json, resource, sys
 from ntm_jax.parallel import host_malloc
-done = host_malloc.reuse_freed_memory() if sys.argv[1] == "reuse" else False
+import os
+done = {"reuse": host_malloc.reuse_freed_memory, "host": host_malloc.use_for_host_cpu}.get(sys.argv[1], str)()
 import jax, jax.numpy as jnp
 jax.config.update("jax_cpu_enable_async_dispatch", False)  # one call at a time: one scratch buffer alive
 f = jax.jit(lambda x: jnp.tanh(x).T @ jnp.tanh(x))
@@ -25,19 +29,22 @@ for _ in range(11):
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   jax.block_until_ready(f(x))
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"set": done, "faults": faults, "fewest_after_warmup": min(faults[3:])}))
+print(json.dumps({"set": done, "faults": faults, "fewest_after_warmup": min(faults[3:]), "pid": os.getpid(),
+                  "tunables": os.environ.get("GLIBC_TUNABLES")}))
 """
 
 
-def _run(mode: str, **env_extra) -> dict:
-  """The snippet's result in a fresh process pinned to one core (where reuse_freed_memory acts)."""
+def _run(mode: str, cores: int = 1, **env_extra) -> dict:
+  """The snippet's result in a fresh process pinned to `cores` cores (one: where reuse_freed_memory acts), with
+  the pid it was started as."""
   env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES",) and not k.startswith("MALLOC_")}
   env.update(JAX_PLATFORMS="cpu", **env_extra)
-  done = subprocess.run([sys.executable, "-c", _FAULTS_PER_CALL, mode], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=300, check=False,
-                        preexec_fn=lambda: os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:1]))
-  assert done.returncode == 0, done.stderr[-3000:]
-  return json.loads(done.stdout.strip().splitlines()[-1])
+  process = subprocess.Popen([sys.executable, "-c", _FAULTS_PER_CALL, mode], cwd=ROOT, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores]))
+  stdout, stderr = process.communicate(timeout=300)
+  assert process.returncode == 0, stderr[-3000:]
+  return dict(json.loads(stdout.strip().splitlines()[-1]), started_as=process.pid)
 
 
 def test_the_scratch_buffer_is_reused_rather_than_faulted_in_at_every_call():
@@ -51,9 +58,69 @@ def test_the_scratch_buffer_is_reused_rather_than_faulted_in_at_every_call():
   assert reused["set"] and reused["fewest_after_warmup"] < 0.05 * temporary_pages, reused
 
 
+def test_on_two_cores_the_process_restarts_itself_on_huge_pages():
+  if len(os.sched_getaffinity(0)) < 2:
+    pytest.skip("one usable core: the restart is for two or more (the one-core setting is the test above)")
+  with pytest.MonkeyPatch.context() as patch:  # the decision as the snippet's process will take it
+    for name in ("GLIBC_TUNABLES", *(n for n in os.environ if n.startswith("MALLOC_"))):
+      patch.delenv(name, raising=False)
+    patch.setenv("JAX_PLATFORMS", "cpu")
+    patch.setattr(host_malloc.os, "sched_getaffinity", lambda pid: {0, 1})
+    reason = host_malloc.why_not_huge_pages()
+  host = _run("host", cores=2)
+  if reason is not None:  # this kernel or glibc cannot: the process runs on as it is
+    assert host["set"] == f"glibc's defaults ({reason})" and host["started_as"] == host["pid"], host
+    return
+  defaults = _run("defaults", cores=2)
+  temporary_pages = 64 * 2**20 // 4096
+  assert defaults["fewest_after_warmup"] >= 0.9 * temporary_pages, defaults  # every thread arena maps it afresh
+  # The same process (execve keeps the pid, so a supervisor's signals still reach it), now with the tunable,
+  # and the buffer faulted in 2 MiB at a time.
+  assert host["set"] == "transparent huge pages" and host["tunables"] == host_malloc.HUGE_PAGES_TUNABLE, host
+  assert host["pid"] == host["started_as"], host
+  assert host["fewest_after_warmup"] < 0.1 * temporary_pages, host  # 544 here, against 16,385
+
+
+def test_huge_pages_only_where_the_kernel_and_glibc_give_them_on_request(monkeypatch, tmp_path):
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  for name in ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setattr(host_malloc.os, "sched_getaffinity", lambda pid: {0, 1})
+  monkeypatch.setattr(host_malloc.platform, "system", lambda: "Linux")
+  monkeypatch.setattr(host_malloc.platform, "libc_ver", lambda: ("glibc", "2.36"))
+  mode_file = tmp_path / "enabled"
+  monkeypatch.setattr(host_malloc, "_TRANSPARENT_HUGE_PAGES", str(mode_file))
+  mode_file.write_text("always [madvise] never\n")
+  assert host_malloc.transparent_huge_pages() == "madvise"
+  assert host_malloc.why_not_huge_pages() is None
+  mode_file.write_text("[always] madvise never\n")  # the kernel already backs large mappings with them
+  assert host_malloc.why_not_huge_pages() == "the kernel's transparent huge pages are always, not madvise"
+  mode_file.write_text("always madvise [never]\n")
+  assert host_malloc.why_not_huge_pages() == "the kernel's transparent huge pages are never, not madvise"
+  mode_file.unlink()
+  assert host_malloc.why_not_huge_pages() == "the kernel's transparent huge pages are absent, not madvise"
+  mode_file.write_text("always [madvise] never\n")
+  monkeypatch.setattr(host_malloc.platform, "libc_ver", lambda: ("glibc", "2.34"))
+  assert host_malloc.why_not_huge_pages() == "glibc 2.34 has no glibc.malloc.hugetlb (2.35 and later)"
+  monkeypatch.setattr(host_malloc.platform, "libc_ver", lambda: ("glibc", "2.36"))
+  monkeypatch.setattr(host_malloc.os, "sched_getaffinity", lambda pid: {0})
+  assert host_malloc.why_not_huge_pages() == "one usable core (reuse_freed_memory acts there)"
+  monkeypatch.setattr(host_malloc.os, "sched_getaffinity", lambda pid: {0, 1})
+  monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+  assert host_malloc.why_not_huge_pages() == "the user set MALLOC_ARENA_MAX"
+  monkeypatch.delenv("MALLOC_ARENA_MAX")
+  monkeypatch.setenv("GLIBC_TUNABLES", host_malloc.HUGE_PAGES_TUNABLE)  # the restarted process: no second restart
+  assert host_malloc.why_not_huge_pages() == "already set"
+  assert host_malloc.restart_with_huge_pages() is True
+
+
 def test_a_users_malloc_settings_are_left_alone():
   assert _run("reuse", MALLOC_ARENA_MAX="4")["set"] is False
   assert _run("reuse", GLIBC_TUNABLES="glibc.malloc.trim_threshold=0")["set"] is False
+  if len(os.sched_getaffinity(0)) >= 2 and host_malloc.why_not() != "not glibc":  # no restart over the user's own
+    on_two_cores = _run("host", cores=2, GLIBC_TUNABLES="glibc.malloc.trim_threshold=0")
+    assert on_two_cores["set"] == "glibc's defaults (the user set GLIBC_TUNABLES)", on_two_cores
+    assert on_two_cores["tunables"] == "glibc.malloc.trim_threshold=0", on_two_cores
 
 
 def test_it_stays_off_where_an_accelerator_runs_the_model(monkeypatch):
