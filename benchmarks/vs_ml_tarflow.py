@@ -339,7 +339,7 @@ def main():
           f"{theirs} {ratio}{before}")
   payload = {"shapes": {name: SHAPES[name] for name in shapes}, "repeats": args.repeats,
              "min_seconds": args.min_seconds, "ml_tarflow_skipped": skipped, "rows": rows,
-             "versions": versions(args.torch_python, skipped)}
+             "versions": versions(args.torch_python, skipped), "machine": machine()}
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(payload, f, indent=2)
@@ -353,6 +353,26 @@ def versions(torch_python: str, skipped: str | None) -> dict:
     found["torch"] = subprocess.run([torch_python, "-c", "import torch; print(torch.__version__)"],
                                     capture_output=True, text=True, check=True).stdout.strip()
   return found
+
+
+def machine() -> dict:
+  """The CPU the run measured: its model and the vector extensions both sides' kernels choose between (runs on
+  different CPUs differ by up to 2x in our column alone, so a figure without its CPU cannot be compared)."""
+  model, flags = "unknown", set()
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "unknown":
+          model = value.strip()
+        elif key.strip() == "flags" and not flags:
+          flags = set(value.split())
+  except OSError:
+    pass
+  wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+  return {"cpu": model, "vector_extensions": [name for name in wanted if name in flags],
+          "usable_cores": len(os.sched_getaffinity(0)),
+          "transparent_huge_pages": host_malloc.transparent_huge_pages()}
 
 
 if __name__ == "__main__":

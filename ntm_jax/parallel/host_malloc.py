@@ -16,9 +16,10 @@ one shared arena measured 0.75-1.15x (slower where a program is many small opera
 Each thread's arena gives its heaps back to the system whenever they empty, so the faults stay (31,400 a step
 for ml-tarflow's digits train step on two devices). Instead the process restarts itself (`execve`, same pid)
 with glibc's `glibc.malloc.hugetlb=1`, which asks the kernel for transparent huge pages on everything malloc
-maps: a fault then brings in 2 MiB instead of 4 KiB (747 faults a step there, 1.13-1.17x the images/s of both
-train steps at two threads; `--before=small_pages`, README "Speed"). glibc reads its tunables only when a
-process starts, hence the restart; it happens before anything else has run.
+maps: a fault then brings in 2 MiB instead of 4 KiB (773 faults a step there; 1.41x and 1.21x the images/s of
+the digits and mnist train steps at two threads, 0.94-1.13x the other parts; `--before=small_pages`, README
+"Speed"). glibc reads its tunables only when a process starts, hence the restart; it happens before anything
+else has run.
 
 `python -m ntm_jax.main` calls `use_for_host_cpu` first of all, before numpy, jax or TensorFlow start threads of
 their own (an arena a thread already has is kept). Neither acts where it could hurt or cannot act: on a host
