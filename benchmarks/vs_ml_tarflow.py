@@ -18,8 +18,9 @@ may use, the batch split over them (ntm_jax.parallel.host_cpu), and glibc's mall
 transparent huge pages on more). --before=one_device adds ours on one device (at every thread count above
 one), --before=malloc_defaults ours with glibc's malloc defaults, --before=multi_axis_dots ours with its weight
 matmuls as multi-axis dots rather than the matrix products of ntm_jax.models.projection, --before=small_pages
-ours without the huge pages (at every thread count above one): each as it ran before that change. Where torch or the checkout is missing, the
-PyTorch column says why and only ours is measured.
+ours without the huge pages (at every thread count above one): each as it ran before that change (with today's
+malloc setting where the change was not malloc's). Where torch or the checkout is missing, the PyTorch column says
+why and only ours is measured.
 Prints the table and writes benchmarks/results/vs_ml_tarflow.json.
 """
 
@@ -232,8 +233,6 @@ def measure_once(implementation: str, shape: str, part: str, threads: int, args)
     command.append(f"--ml_tarflow={args.ml_tarflow}")
   env = dict(os.environ, OMP_NUM_THREADS=str(threads), JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)  # no device count of the caller's: the worker sets its own, as ntm_jax.main does
-  if env.get("GLIBC_TUNABLES") == host_malloc.HUGE_PAGES_TUNABLE:
-    env.pop("GLIBC_TUNABLES")  # this run's own setting, inherited: each worker decides for itself, as ntm_jax.main
   cores = sorted(os.sched_getaffinity(0))[:threads]
   done = subprocess.run(command, env=env, capture_output=True, text=True, check=False,
                         preexec_fn=lambda: os.sched_setaffinity(0, cores))
@@ -257,7 +256,8 @@ def main():
   parser.add_argument("--before", nargs="?", const="one_device", default="",
                       help="also measure ntm_jax as it ran before these changes (comma-separated): one_device (one "
                       "CPU device, where threads > 1), malloc_defaults (glibc's malloc as it comes), multi_axis_dots "
-                      "(the weight matmuls as multi-axis dots), small_pages (without the huge pages, where threads > 1)")
+                      "(the weight matmuls as multi-axis dots), small_pages (without the huge pages, where "
+                      "threads > 1)")
   parser.add_argument("--smoke", action="store_true", help="a tiny shape, batch 8, one process each (what CI runs)")
   parser.add_argument("--devices", type=int, default=0,
                       help="ntm_jax's CPU devices (0: one per core it is pinned to, as ntm_jax.main; 1: the old way)")

@@ -16,10 +16,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A program whose 64 MB temporary (tanh of the input, read twice by a dot) is above glibc's largest mmap threshold
 # (32 MB), so that with malloc's defaults every call maps it afresh. Prints the page faults of each call.
 _FAULTS_PER_CALL = """
-import json, resource, sys
+import json, os, resource, sys
 from ntm_jax.parallel import host_malloc
-import os
-done = {"reuse": host_malloc.reuse_freed_memory, "host": host_malloc.use_for_host_cpu}.get(sys.argv[1], str)()
+mode = sys.argv[1]
+done = host_malloc.reuse_freed_memory() if mode == "reuse" else host_malloc.use_for_host_cpu() if mode == "host" else False
 import jax, jax.numpy as jnp
 jax.config.update("jax_cpu_enable_async_dispatch", False)  # one call at a time: one scratch buffer alive
 f = jax.jit(lambda x: jnp.tanh(x).T @ jnp.tanh(x))
@@ -74,17 +74,88 @@ def test_on_two_cores_the_process_restarts_itself_on_huge_pages():
   defaults = _run("defaults", cores=2)
   temporary_pages = 64 * 2**20 // 4096
   assert defaults["fewest_after_warmup"] >= 0.9 * temporary_pages, defaults  # every thread arena maps it afresh
-  # The same process (execve keeps the pid, so a supervisor's signals still reach it), now with the tunable,
-  # and the buffer faulted in 2 MiB at a time.
-  assert host["set"] == "transparent huge pages" and host["tunables"] == host_malloc.HUGE_PAGES_TUNABLE, host
+  # The same process (execve keeps the pid, so a supervisor's signals still reach it), restarted with the tunable
+  # (which it then keeps from the processes it starts), and the buffer faulted in 2 MiB at a time.
+  assert host["set"] == "transparent huge pages" and host["tunables"] is None, host
   assert host["pid"] == host["started_as"], host
   assert host["fewest_after_warmup"] < 0.1 * temporary_pages, host  # 544 here, against 16,385
 
 
+class _Restarted(Exception):
+  """What the recorder raises instead of replacing the test's process."""
+
+
+@pytest.fixture
+def restart_recorder(monkeypatch):
+  """host_malloc's os.execve replaced by a recorder (a restart of the pytest worker would hang it), on a host
+  where the huge pages would be taken: two cores, glibc 2.36, the kernel's madvise mode, nothing set by a user."""
+  calls = []
+
+  def record(executable, argv, env):
+    calls.append((executable, argv, env))
+    raise _Restarted
+
+  monkeypatch.setattr(host_malloc.os, "execve", record)
+  for name in (*host_malloc._USER_MALLOC_ENV, host_malloc._RESTARTED):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  monkeypatch.setattr(host_malloc, "accelerator_present", lambda: False)
+  monkeypatch.setattr(host_malloc.os, "sched_getaffinity", lambda pid: {0, 1})
+  monkeypatch.setattr(host_malloc.platform, "system", lambda: "Linux")
+  monkeypatch.setattr(host_malloc.platform, "libc_ver", lambda: ("glibc", "2.36"))
+  monkeypatch.setattr(host_malloc, "transparent_huge_pages", lambda: "madvise")
+  monkeypatch.setattr(host_malloc.sys, "argv", ["/repo/ntm_jax/main.py", "--config=configs/digits.py"])
+  monkeypatch.setattr(host_malloc.sys, "orig_argv", ["python3", "-X", "dev", "-m", "ntm_jax.main",
+                                                     "--config=configs/digits.py"])
+  for name in ("IPython", "ipykernel"):  # as a command-line run has them: not imported
+    monkeypatch.delitem(sys.modules, name, raising=False)
+  return calls
+
+
+def test_the_restart_runs_the_same_command_line_once(restart_recorder, monkeypatch):
+  with pytest.raises(_Restarted):
+    host_malloc.use_for_host_cpu()
+  (executable, argv, env), = restart_recorder
+  assert executable == sys.executable
+  assert argv == [sys.executable, "-X", "dev", "-m", "ntm_jax.main", "--config=configs/digits.py"]
+  assert env["GLIBC_TUNABLES"] == host_malloc.HUGE_PAGES_TUNABLE and env[host_malloc._RESTARTED] == "1"
+  # The restarted process: it says so, takes both out of its environment (children decide for themselves) and,
+  # called again, neither restarts nor sets the one-core arena.
+  for name, value in env.items():
+    if name in ("GLIBC_TUNABLES", host_malloc._RESTARTED):
+      monkeypatch.setenv(name, value)
+  assert host_malloc.use_for_host_cpu() == "transparent huge pages"
+  assert "GLIBC_TUNABLES" not in os.environ and host_malloc._RESTARTED not in os.environ
+  monkeypatch.setenv(host_malloc._RESTARTED, "1")  # a restart whose tunable something else took away: no loop
+  assert host_malloc.use_for_host_cpu() == "glibc's defaults (the restart's GLIBC_TUNABLES were changed)"
+  assert len(restart_recorder) == 1
+
+
+def test_no_restart_where_the_command_line_would_not_run_this_again(restart_recorder, monkeypatch):
+  monkeypatch.setattr(host_malloc.sys, "argv", ["-"])
+  assert host_malloc.use_for_host_cpu() == (
+      "glibc's defaults (an interactive session or a script read from standard input)")
+  monkeypatch.setattr(host_malloc.sys, "argv", ["/repo/ntm_jax/main.py", "--config=configs/t2i.py"])  # changed
+  assert host_malloc.why_not_huge_pages() == "sys.argv is not the command line the interpreter started with"
+  monkeypatch.setattr(host_malloc.sys, "argv", ["/repo/ntm_jax/main.py", "--config=configs/digits.py"])
+  monkeypatch.setitem(sys.modules, "ipykernel", sys)  # any module under that name
+  assert host_malloc.why_not_huge_pages() == "inside IPython or Jupyter"
+  monkeypatch.delitem(sys.modules, "ipykernel")
+
+  def fail(executable, argv, env):
+    raise OSError(7, "Argument list too long")
+
+  monkeypatch.setattr(host_malloc.os, "execve", fail)  # the process goes on as it is, and says why
+  assert host_malloc.use_for_host_cpu() == "glibc's defaults (the restart failed: [Errno 7] Argument list too long)"
+  assert not restart_recorder
+
+
 def test_huge_pages_only_where_the_kernel_and_glibc_give_them_on_request(monkeypatch, tmp_path):
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  for name in ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX"):
+  for name in (*host_malloc._USER_MALLOC_ENV, host_malloc._RESTARTED):
     monkeypatch.delenv(name, raising=False)
+  monkeypatch.setattr(host_malloc, "accelerator_present", lambda: False)
+  monkeypatch.setattr(host_malloc, "_why_not_restartable", lambda: None)  # pytest's own command line aside
   monkeypatch.setattr(host_malloc.os, "sched_getaffinity", lambda pid: {0, 1})
   monkeypatch.setattr(host_malloc.platform, "system", lambda: "Linux")
   monkeypatch.setattr(host_malloc.platform, "libc_ver", lambda: ("glibc", "2.36"))
@@ -102,6 +173,8 @@ def test_huge_pages_only_where_the_kernel_and_glibc_give_them_on_request(monkeyp
   mode_file.write_text("always [madvise] never\n")
   monkeypatch.setattr(host_malloc.platform, "libc_ver", lambda: ("glibc", "2.34"))
   assert host_malloc.why_not_huge_pages() == "glibc 2.34 has no glibc.malloc.hugetlb (2.35 and later)"
+  monkeypatch.setattr(host_malloc.platform, "libc_ver", lambda: ("glibc", "2.35-r1"))  # a distribution's suffix
+  assert host_malloc.why_not_huge_pages() is None
   monkeypatch.setattr(host_malloc.platform, "libc_ver", lambda: ("glibc", "2.36"))
   monkeypatch.setattr(host_malloc.os, "sched_getaffinity", lambda pid: {0})
   assert host_malloc.why_not_huge_pages() == "one usable core (reuse_freed_memory acts there)"
@@ -111,7 +184,7 @@ def test_huge_pages_only_where_the_kernel_and_glibc_give_them_on_request(monkeyp
   monkeypatch.delenv("MALLOC_ARENA_MAX")
   monkeypatch.setenv("GLIBC_TUNABLES", host_malloc.HUGE_PAGES_TUNABLE)  # the restarted process: no second restart
   assert host_malloc.why_not_huge_pages() == "already set"
-  assert host_malloc.restart_with_huge_pages() is True
+  assert host_malloc.restart_with_huge_pages() == "already set"
 
 
 def test_a_users_malloc_settings_are_left_alone():

@@ -18,14 +18,17 @@ for ml-tarflow's digits train step on two devices). Instead the process restarts
 with glibc's `glibc.malloc.hugetlb=1`, which asks the kernel for transparent huge pages on everything malloc
 maps: a fault then brings in 2 MiB instead of 4 KiB (773 faults a step there; 1.41x and 1.21x the images/s of
 the digits and mnist train steps at two threads, 0.94-1.13x the other parts; `--before=small_pages`, README
-"Speed"). glibc reads its tunables only when a process starts, hence the restart; it happens before anything
-else has run.
+"Speed"). glibc reads its tunables only when a process starts, hence the restart, before jax, numpy or
+TensorFlow are imported. The restarted process then takes the tunable out of its environment (glibc has read
+it), so that the processes it starts decide for themselves, and it never restarts twice.
 
 `python -m ntm_jax.main` calls `use_for_host_cpu` first of all, before numpy, jax or TensorFlow start threads of
 their own (an arena a thread already has is kept). Neither acts where it could hurt or cannot act: on a host
 with an accelerator (the host CPU then runs input pipelines, not the model), where the user set glibc's malloc
 options in the environment, or off glibc; the huge pages also not where the kernel's transparent huge pages
-are not `madvise` (`always` gives them without asking, `never` refuses them) or glibc is older than 2.35.
+are not `madvise` (`always` gives them without asking, `never` refuses them), glibc is older than 2.35, or the
+command line cannot simply run again (inside IPython or Jupyter, a script read from standard input).
+Both count usable cores, not CPU devices: a run kept on one device on two cores gets the huge pages too.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import ctypes
 import glob
 import os
 import platform
+import re
 import sys
 
 # mallopt(3) parameters (glibc's malloc.h).
@@ -45,6 +49,8 @@ _M_ARENA_MAX = -8  # 1: every thread allocates from the main arena, which is the
 _ACCELERATOR_DEVICES = ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*", "/dev/kfd")
 # glibc's tunable that has malloc madvise(MADV_HUGEPAGE) what it maps (glibc 2.35 and later).
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+# Set beside the tunable by the restart and taken out by the restarted process: at most one restart.
+_RESTARTED = "NTM_JAX_RESTARTED_ON_HUGE_PAGES"
 _TRANSPARENT_HUGE_PAGES = "/sys/kernel/mm/transparent_hugepage/enabled"
 _USER_MALLOC_ENV = ("GLIBC_TUNABLES", "MALLOC_ARENA_MAX", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_",
                     "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
@@ -92,22 +98,39 @@ def why_not() -> str | None:
   return reason
 
 
+def _why_not_restartable() -> str | None:
+  """Why running this process's command line again would not be this run (None: it would)."""
+  if not sys.executable:
+    return "no interpreter path to restart"
+  if "IPython" in sys.modules or "ipykernel" in sys.modules:
+    return "inside IPython or Jupyter"
+  if sys.argv[:1] in ([""], ["-"]):
+    return "an interactive session or a script read from standard input"
+  arguments = sys.argv[1:]
+  if arguments and sys.orig_argv[-len(arguments):] != arguments:
+    return "sys.argv is not the command line the interpreter started with"
+  return None
+
+
 def why_not_huge_pages() -> str | None:
   """Why `restart_with_huge_pages` would not restart (None: it would)."""
   if os.environ.get("GLIBC_TUNABLES") == HUGE_PAGES_TUNABLE:
     return "already set"
+  if _RESTARTED in os.environ:
+    return "restarted once already"
   reason = _why_not_on_this_host()
   if reason is not None:
     return reason
   if _usable_cores() == 1:
     return "one usable core (reuse_freed_memory acts there)"
   version = platform.libc_ver()[1]
-  if tuple(int(part) for part in version.split(".")[:2] if part.isdigit()) < (2, 35):
+  major_minor = re.match(r"(\d+)\.(\d+)", version)
+  if not major_minor or (int(major_minor[1]), int(major_minor[2])) < (2, 35):
     return f"glibc {version} has no glibc.malloc.hugetlb (2.35 and later)"
   mode = transparent_huge_pages()
   if mode != "madvise":
     return f"the kernel's transparent huge pages are {mode or 'absent'}, not madvise"
-  return None
+  return _why_not_restartable()
 
 
 def reuse_freed_memory() -> bool:
@@ -119,24 +142,31 @@ def reuse_freed_memory() -> bool:
              for parameter, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
 
 
-def restart_with_huge_pages() -> bool:
+def restart_with_huge_pages() -> str:
   """Restarts this process's command line with glibc's malloc on huge pages (see the module docstring); returns
-  only where it does not restart: True where the process already runs with them."""
+  only where it does not restart, with the reason ("already set": the process runs with them)."""
   reason = why_not_huge_pages()
-  if reason is not None:
-    return reason == "already set"
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]],
-            dict(os.environ, GLIBC_TUNABLES=HUGE_PAGES_TUNABLE))
-  return True  # not reached: execve replaces this process
+  if reason is None:
+    for stream in (sys.stdout, sys.stderr):  # what was printed so far, before execve drops the buffers
+      if stream is not None:
+        stream.flush()
+    try:
+      os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]],
+                dict(os.environ, GLIBC_TUNABLES=HUGE_PAGES_TUNABLE, **{_RESTARTED: "1"}))
+    except OSError as error:  # the process goes on as it is
+      reason = f"the restart failed: {error}"
+  return reason
 
 
 def use_for_host_cpu() -> str:
   """The setting for this host, applied (the first call of a process, before anything starts a thread): what
   was done, for the log."""
+  if os.environ.pop(_RESTARTED, None) is not None:  # this is the restart
+    if os.environ.get("GLIBC_TUNABLES") != HUGE_PAGES_TUNABLE:
+      return "glibc's defaults (the restart's GLIBC_TUNABLES were changed)"
+    del os.environ["GLIBC_TUNABLES"]  # read by glibc at start; the processes this one starts decide for themselves
+    return "transparent huge pages"
   if reuse_freed_memory():
     return "one malloc arena, freed memory kept"
-  if restart_with_huge_pages():
-    return "transparent huge pages"
-  return f"glibc's defaults ({why_not_huge_pages()})"
+  reason = restart_with_huge_pages()
+  return "transparent huge pages" if reason == "already set" else f"glibc's defaults ({reason})"
