@@ -66,6 +66,7 @@ def test_on_two_cores_the_process_restarts_itself_on_huge_pages():
       patch.delenv(name, raising=False)
     patch.setenv("JAX_PLATFORMS", "cpu")
     patch.setattr(host_malloc.os, "sched_getaffinity", lambda pid: {0, 1})
+    patch.setattr(host_malloc, "_why_not_restartable", lambda: None)  # the snippet's `python -c` can run again
     reason = host_malloc.why_not_huge_pages()
   host = _run("host", cores=2)
   if reason is not None:  # this kernel or glibc cannot: the process runs on as it is

@@ -13,7 +13,7 @@ keeps its peak heap until it exits, which is what a training or sampling run on 
 
 On more cores, `restart_with_huge_pages`: there one CPU device per core (host_cpu) runs on its own thread, and
 one shared arena measured 0.75-1.15x (slower where a program is many small operations, as the digits sampler).
-Each thread's arena gives its heaps back to the system whenever they empty, so the faults stay (31,400 a step
+Each thread's arena gives its heaps back to the system whenever they empty, so the faults stay (31,453 a call
 for ml-tarflow's digits train step on two devices). Instead the process restarts itself (`execve`, same pid)
 with glibc's `glibc.malloc.hugetlb=1`, which asks the kernel for transparent huge pages on everything malloc
 maps: a fault then brings in 2 MiB instead of 4 KiB (773 faults a step there; 1.41x and 1.21x the images/s of
