@@ -37,7 +37,8 @@ print(json.dumps({"set": done, "faults": faults, "fewest_after_warmup": min(faul
 def _run(mode: str, cores: int = 1, **env_extra) -> dict:
   """The snippet's result in a fresh process pinned to `cores` cores (one: where reuse_freed_memory acts), with
   the pid it was started as."""
-  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES",) and not k.startswith("MALLOC_")}
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", host_malloc._RESTARTED)
+         and not k.startswith("MALLOC_")}
   env.update(JAX_PLATFORMS="cpu", **env_extra)
   process = subprocess.Popen([sys.executable, "-c", _FAULTS_PER_CALL, mode], cwd=ROOT, env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -62,7 +63,7 @@ def test_on_two_cores_the_process_restarts_itself_on_huge_pages():
   if len(os.sched_getaffinity(0)) < 2:
     pytest.skip("one usable core: the restart is for two or more (the one-core setting is the test above)")
   with pytest.MonkeyPatch.context() as patch:  # the decision as the snippet's process will take it
-    for name in ("GLIBC_TUNABLES", *(n for n in os.environ if n.startswith("MALLOC_"))):
+    for name in (*host_malloc._USER_MALLOC_ENV, host_malloc._RESTARTED):  # as _run leaves the snippet's env
       patch.delenv(name, raising=False)
     patch.setenv("JAX_PLATFORMS", "cpu")
     patch.setattr(host_malloc.os, "sched_getaffinity", lambda pid: {0, 1})
