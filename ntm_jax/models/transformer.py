@@ -21,12 +21,12 @@ from ntm_jax.models.config import REMAT_POLICIES
 from ntm_jax.models.logical_axes import constrain
 
 # What jax.checkpoint keeps for each policy that ntm_jax.models.config accepts.
-_SAVED = {
+SAVED_BY_REMAT = {
     "none": None,
     "save_matmuls": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "full": jax.checkpoint_policies.nothing_saveable,
 }
-assert tuple(_SAVED) == REMAT_POLICIES
+assert tuple(SAVED_BY_REMAT) == REMAT_POLICIES
 
 
 class TransformerLayer(nnx.Module):
@@ -69,7 +69,7 @@ class TransformerStack(nnx.Module):
                attention: str = "auto"):
     if depth < 1:
       raise ValueError(f"a Transformer stack needs depth >= 1, got {depth}")
-    if remat not in _SAVED:
+    if remat not in SAVED_BY_REMAT:
       raise ValueError(f"remat must be one of {REMAT_POLICIES}, got {remat!r}")
     self.depth, self.remat, self.scan = depth, remat, scan
     self.dtype = dtype
@@ -110,7 +110,7 @@ class TransformerStack(nnx.Module):
 
     if self.remat != "none":
       # Inside scan the loop already keeps XLA from merging the recomputation away (jax's advice).
-      body = jax.checkpoint(body, policy=_SAVED[self.remat], prevent_cse=not self.scan)
+      body = jax.checkpoint(body, policy=SAVED_BY_REMAT[self.remat], prevent_cse=not self.scan)
     keys = jax.random.split(dropout_key, self.depth) if dropout_key is not None else None
     with attention_lib.recomputed(self.remat != "none"):  # the kernels' cost estimate counts the recompute
       out, _ = self._scan(body, x_BxLxD, keys)
