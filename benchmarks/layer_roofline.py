@@ -15,8 +15,8 @@ each on one chip of the topology, with its weights whole (as FSDP gathers them),
 `--mode=compile`: XLA's FLOPs and HBM bytes, the model FLOPs (ntm_jax.models.flops), and the model-FLOPs MFU
 bound from XLA's byte count and from the compiler's memory-space plan. A last row per pair, `layer, MLP
 fused`, is an estimate, not a compile: the layer's bytes with the MLP's replaced by the least a kernel that
-keeps the hidden units on chip must move (its input, output and their gradients, its weights read in the
-forward and the backward, its weight gradients written). Writes benchmarks/results/layer_roofline.json.
+keeps the hidden units on chip must move (its input, read by both passes, its output and both gradients,
+its weights read in the forward and the backward, its weight gradients written). Writes benchmarks/results/layer_roofline.json.
 """
 
 from __future__ import annotations
@@ -115,10 +115,10 @@ def lower_piece(piece: str, s: dict, mesh, implementation: str):
 
 def fused_mlp_floor_bytes(s: dict) -> float:
   """The least HBM traffic of an MLP kernel that keeps its hidden units on chip, forward and backward: the
-  input, output and both their gradients in the compute dtype, the weights read twice (forward, backward)
-  and their gradients written, in the parameter dtype."""
+  input (read by both passes), the output and both gradients in the compute dtype, the weights read twice
+  (forward, backward) and their gradients written, in the parameter dtype."""
   length = s["levels"] * s["tokens"] + s["prefix"]
-  activations = 4 * s["batch"] * length * s["width"] * s["dtype"].itemsize
+  activations = 5 * s["batch"] * length * s["width"] * s["dtype"].itemsize
   hidden = s["mlp_ratio"] * s["width"]
   weights = (2 * s["width"] * hidden + hidden + s["width"]) * s["param_dtype"].itemsize
   return activations + 3 * weights
