@@ -49,10 +49,10 @@ def preset_shapes(size: str, chips: int, smoke: bool) -> dict:
   batch = config.data.batch_size
   if batch % chips:
     raise ValueError(f"the {size} preset's global batch {batch} does not divide over {chips} chips")
+  levels, tokens = config.model.grid.num_steps, (image.height // image.patch_size) * (image.width // image.patch_size)
   return dict(width=predictor.width, head_dim=predictor.head_dim, mlp_ratio=predictor.mlp_ratio,
-              remat=predictor.remat, levels=config.model.grid.num_steps,
-              tokens=(image.height // image.patch_size) * (image.width // image.patch_size),
-              prefix=predictor.text_tokens, batch=2 if smoke else batch // chips,
+              remat=predictor.remat, levels=levels, tokens=tokens, prefix=predictor.text_tokens,
+              length=levels * tokens + predictor.text_tokens, batch=2 if smoke else batch // chips,
               dtype=jnp.dtype(config.model.dtype), param_dtype=jnp.dtype(config.model.param_dtype))
 
 
@@ -71,24 +71,25 @@ def _module(piece: str, s: dict, implementation: str):
   return nnx.eval_shape(make)
 
 
+def up_projection_flops(s: dict) -> float:
+  """The MLP's up projection, forward, on one chip."""
+  return 2.0 * s["batch"] * s["length"] * s["width"] * s["mlp_ratio"] * s["width"]
+
+
 def model_flops(piece: str, s: dict) -> float:
   """The piece's forward and backward model FLOPs on one chip."""
-  length = s["levels"] * s["tokens"] + s["prefix"]
-  rows, width, hidden = s["batch"] * length, s["width"], s["mlp_ratio"] * s["width"]
   if piece == "matmul":
-    return flops.forward_backward(2.0 * rows * width * hidden)
+    return flops.forward_backward(up_projection_flops(s))
   if piece == "mlp":
-    return flops.forward_backward(2.0 * rows * 2 * width * hidden)
-  pairs = (flops.block_causal_pairs(s["levels"], s["tokens"]) + s["levels"] * s["tokens"] * s["prefix"]
-           + s["prefix"] ** 2)
-  return s["batch"] * flops.forward_backward(flops.stack(width, s["mlp_ratio"], 1, length, pairs))
+    return flops.forward_backward(2 * up_projection_flops(s))
+  pairs = flops.predictor_pairs(s["levels"], s["tokens"], s["prefix"])
+  return s["batch"] * flops.forward_backward(flops.stack(s["width"], s["mlp_ratio"], 1, s["length"], pairs))
 
 
 def lower_piece(piece: str, s: dict, mesh, implementation: str):
   """Lowers the piece's forward and backward pass (its output, and a vjp of a given output gradient), under
   the preset's remat as its Transformer stack applies it."""
   graphdef, params = nnx.split(_module(piece, s, implementation))
-  length = s["levels"] * s["tokens"] + s["prefix"]
 
   def forward(params, x, prefix_valid):
     module = nnx.merge(graphdef, params)
@@ -107,13 +108,13 @@ def lower_piece(piece: str, s: dict, mesh, implementation: str):
 
   one_chip = NamedSharding(mesh, PartitionSpec())
   struct = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=one_chip)  # noqa: E731
-  x = struct((s["batch"], length, s["width"]), s["dtype"])
+  x = struct((s["batch"], s["length"], s["width"]), s["dtype"])
   prefix_valid = struct((s["batch"], s["prefix"]), jnp.bool_)
   params = jax.tree.map(lambda p: struct(p.shape, p.dtype), params)
   # The output's shape from the shapes, not from a trace: jax.checkpoint caches its trace, so a first trace
   # outside `recomputed` would be the one the kernels' estimate sees.
   out_width = s["mlp_ratio"] * s["width"] if piece == "matmul" else s["width"]
-  out_gradient = struct((s["batch"], length, out_width), s["dtype"])
+  out_gradient = struct((s["batch"], s["length"], out_width), s["dtype"])
   with attention.recomputed(s["remat"] != "none"):  # the kernels' estimate counts remat's second forward
     return jax.jit(forward_backward).lower(params, x, prefix_valid, out_gradient)
 
@@ -122,8 +123,7 @@ def fused_mlp_floor_bytes(s: dict) -> float:
   """The least HBM traffic of an MLP kernel that keeps its hidden units on chip, forward and backward: the
   input (read by both passes), the output and both gradients in the compute dtype, the weights read twice
   (forward, backward) and their gradients written, in the parameter dtype."""
-  length = s["levels"] * s["tokens"] + s["prefix"]
-  activations = 5 * s["batch"] * length * s["width"] * s["dtype"].itemsize
+  activations = 5 * s["batch"] * s["length"] * s["width"] * s["dtype"].itemsize
   hidden = s["mlp_ratio"] * s["width"]
   weights = (2 * s["width"] * hidden + hidden + s["width"]) * s["param_dtype"].itemsize
   return activations + 3 * weights
@@ -135,28 +135,23 @@ def rows_for(size: str, topology: str, smoke: bool) -> list[dict]:
   shapes = preset_shapes(size, 1 if smoke else len(devices), smoke)
   mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, devices[:1])
   chip = compile_lib.chip_of(topology)
-  rows = []
   with mesh_lib.use(mesh):
     implementation = attention.resolve("auto")  # what the presets run on this platform
     programs = [(piece, lambda piece=piece: lower_piece(piece, shapes, mesh, implementation),
                  model_flops(piece, shapes), True, True) for piece in PIECES]
-    for report in compile_lib.compile_programs(programs, topology, mesh):
-      rows.append(dict(size=size, topology=topology, attention=implementation, piece=report["program"],
-                       **{k: shapes[k] for k in ("width", "head_dim", "batch", "remat")}) | report)
-  by_piece = {r["piece"]: r for r in rows}
-  layer, mlp = by_piece["layer"], by_piece["mlp"]
+    reports = compile_lib.compile_programs(programs, topology, mesh)
+  about = dict(size=size, topology=topology, attention=implementation,
+               **{k: shapes[k] for k in ("width", "head_dim", "batch", "remat")})
+  rows = [about | {"piece": report["program"]} | report for report in reports]
+  layer, mlp = rows[PIECES.index("layer")], rows[PIECES.index("mlp")]
   fused_gb = layer["hbm_gb_per_chip"] - mlp["hbm_gb_per_chip"] + fused_mlp_floor_bytes(shapes) / 1e9
   # Keeping the hidden units on chip means computing them again in the backward pass: one more up projection.
-  tokens = shapes["batch"] * (shapes["levels"] * shapes["tokens"] + shapes["prefix"])
-  up_projection = 2.0 * tokens * shapes["width"] * shapes["mlp_ratio"] * shapes["width"]
-  fused_tflops = layer["tflops_per_chip"] + up_projection / 1e12
+  fused_tflops = layer["tflops_per_chip"] + up_projection_flops(shapes) / 1e12
   roofline_s = max(fused_tflops * 1e12 / chip.peak_flops, fused_gb * 1e9 / chip.hbm_bytes_per_s)
-  rows.append(dict(size=size, topology=topology, attention=implementation, piece="layer, MLP fused (estimate)",
-                   width=shapes["width"], head_dim=shapes["head_dim"], batch=shapes["batch"], remat=shapes["remat"],
-                   tflops_per_chip=fused_tflops, model_tflops_per_chip=layer["model_tflops_per_chip"],
-                   hbm_gb_per_chip=fused_gb,
-                   model_mfu_bound=layer["model_tflops_per_chip"] * 1e12 / chip.peak_flops / roofline_s,
-                   planned_hbm_gb_per_chip=None, planned_model_mfu_bound=None))
+  rows.append(about | dict(piece="layer, MLP fused (estimate)", tflops_per_chip=fused_tflops,
+                           model_tflops_per_chip=layer["model_tflops_per_chip"], hbm_gb_per_chip=fused_gb,
+                           model_mfu_bound=layer["model_tflops_per_chip"] * 1e12 / chip.peak_flops / roofline_s,
+                           planned_hbm_gb_per_chip=None, planned_model_mfu_bound=None))
   return rows
 
 

@@ -88,16 +88,9 @@ class _Restarted(Exception):
 
 
 @pytest.fixture
-def restart_recorder(monkeypatch):
-  """host_malloc's os.execve replaced by a recorder (a restart of the pytest worker would hang it), on a host
-  where the huge pages would be taken: two cores, glibc 2.36, the kernel's madvise mode, nothing set by a user."""
-  calls = []
-
-  def record(executable, argv, env):
-    calls.append((executable, argv, env))
-    raise _Restarted
-
-  monkeypatch.setattr(host_malloc.os, "execve", record)
+def two_core_glibc_host(monkeypatch):
+  """A host where nothing rules the huge pages out but what a test changes: two cores, Linux, glibc 2.36, no
+  accelerator, no malloc setting of a user's."""
   for name in (*host_malloc._USER_MALLOC_ENV, host_malloc._RESTARTED):
     monkeypatch.delenv(name, raising=False)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
@@ -105,6 +98,20 @@ def restart_recorder(monkeypatch):
   monkeypatch.setattr(host_malloc.os, "sched_getaffinity", lambda pid: {0, 1})
   monkeypatch.setattr(host_malloc.platform, "system", lambda: "Linux")
   monkeypatch.setattr(host_malloc.platform, "libc_ver", lambda: ("glibc", "2.36"))
+
+
+@pytest.fixture
+def restart_recorder(two_core_glibc_host, monkeypatch):
+  """host_malloc's os.execve replaced by a recorder (a restart of the pytest worker would hang it), on a host
+  where the huge pages would be taken: the two-core host, the kernel's madvise mode, a command line that runs
+  again."""
+  calls = []
+
+  def record(executable, argv, env):
+    calls.append((executable, argv, env))
+    raise _Restarted
+
+  monkeypatch.setattr(host_malloc.os, "execve", record)
   monkeypatch.setattr(host_malloc, "transparent_huge_pages", lambda: "madvise")
   monkeypatch.setattr(host_malloc.sys, "argv", ["/repo/ntm_jax/main.py", "--config=configs/digits.py"])
   monkeypatch.setattr(host_malloc.sys, "orig_argv", ["python3", "-X", "dev", "-m", "ntm_jax.main",
@@ -152,15 +159,9 @@ def test_no_restart_where_the_command_line_would_not_run_this_again(restart_reco
   assert not restart_recorder
 
 
-def test_huge_pages_only_where_the_kernel_and_glibc_give_them_on_request(monkeypatch, tmp_path):
-  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  for name in (*host_malloc._USER_MALLOC_ENV, host_malloc._RESTARTED):
-    monkeypatch.delenv(name, raising=False)
-  monkeypatch.setattr(host_malloc, "accelerator_present", lambda: False)
+def test_huge_pages_only_where_the_kernel_and_glibc_give_them_on_request(two_core_glibc_host, monkeypatch,
+                                                                         tmp_path):
   monkeypatch.setattr(host_malloc, "_why_not_restartable", lambda: None)  # pytest's own command line aside
-  monkeypatch.setattr(host_malloc.os, "sched_getaffinity", lambda pid: {0, 1})
-  monkeypatch.setattr(host_malloc.platform, "system", lambda: "Linux")
-  monkeypatch.setattr(host_malloc.platform, "libc_ver", lambda: ("glibc", "2.36"))
   mode_file = tmp_path / "enabled"
   monkeypatch.setattr(host_malloc, "_TRANSPARENT_HUGE_PAGES", str(mode_file))
   mode_file.write_text("always [madvise] never\n")

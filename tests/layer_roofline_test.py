@@ -40,7 +40,6 @@ def test_the_layer_counts_its_kernels_as_the_remat_stack_does():
   same remat: the forward kernel twice (remat computes it again in the backward pass)."""
   shapes = layer_roofline.preset_shapes("smoke", 1, smoke=True) | {"remat": "save_matmuls"}
   mesh = mesh_lib.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-  length = shapes["levels"] * shapes["tokens"] + shapes["prefix"]
 
   def stack_forward():
     stack = nnx.eval_shape(lambda: transformer.TransformerStack(
@@ -49,7 +48,7 @@ def test_the_layer_counts_its_kernels_as_the_remat_stack_does():
     graphdef, params = nnx.split(stack)
     mask = attention.Mask.block_causal(shapes["levels"], shapes["tokens"]).with_prefix(
         jax.numpy.ones((shapes["batch"], shapes["prefix"]), bool))
-    x = jax.ShapeDtypeStruct((shapes["batch"], length, shapes["width"]), shapes["dtype"])
+    x = jax.ShapeDtypeStruct((shapes["batch"], shapes["length"], shapes["width"]), shapes["dtype"])
     jax.eval_shape(lambda p, x: nnx.merge(graphdef, p)(x, mask), params, x)
 
   with mesh_lib.use(mesh):

@@ -58,13 +58,19 @@ def flow_inverse(cfg, num_tokens: int, token_dim: int, method: str = "sequential
   return cfg.num_blocks * flow_block_pass(cfg, num_tokens, token_dim, queries=steps, pairs=causal_pairs(steps))
 
 
+def predictor_pairs(num_levels: int, num_tokens: int, prefix: int, *, markov: bool = False) -> int:
+  """Pairs of the predictor's mask: block-causal levels (each level alone for the Markov ablation) that also
+  see the prefix, a prefix that sees itself."""
+  return (block_causal_pairs(num_levels, num_tokens, within_block_only=markov) + num_levels * num_tokens * prefix
+          + prefix ** 2)
+
+
 def predictor_pass(cfg, num_tokens: int, token_dim: int, num_levels: int) -> float:
   """The trajectory predictor (a `PredictorConfig`) over `num_levels` levels and the text prefix (all of its
-  tokens counted as real): block-causal levels that also see the prefix, a prefix that sees itself."""
+  tokens counted as real)."""
   prefix = cfg.text_tokens if cfg.text_dim else 0
   level_tokens = num_levels * num_tokens
-  pairs = (block_causal_pairs(num_levels, num_tokens, within_block_only=cfg.markov)
-           + level_tokens * prefix + prefix ** 2)
+  pairs = predictor_pairs(num_levels, num_tokens, prefix, markov=cfg.markov)
   projections = stack(cfg.width, cfg.mlp_ratio, 0, level_tokens, 0, token_dim, 2 * token_dim)
   text_projection = 2.0 * prefix * cfg.text_dim * cfg.width
   return stack(cfg.width, cfg.mlp_ratio, cfg.depth, level_tokens + prefix, pairs) + projections + text_projection
